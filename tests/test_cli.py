@@ -1,0 +1,228 @@
+"""
+Tests for L{codexgw.cli}: the C{codexgw token} sub-commands (C{delivery.md} §3.1).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from twisted.trial.unittest import SynchronousTestCase
+
+from codexgw.cli import run
+from codexgw.config import Secret
+from codexgw.tokens import (
+    UsedTickets,
+    b64url_decode,
+    verify_cap_token,
+    verify_inbound_token,
+    verify_ws_ticket,
+)
+
+CAP = "c" * 32
+INBOUND = "i" * 40
+SHARED = "s" * 33
+ENV = {
+    "CXG_CAPTOKEN_HMAC_SECRET": CAP,
+    "CXG_INBOUND_HMAC_SECRET": INBOUND,
+    "CXG_INTERNAL_SHARED_SECRET": SHARED,
+}
+NOW = 1_800_000_000.5
+
+
+def codexgw(*argv: str, env: dict[str, str] = ENV) -> tuple[int, str, str]:
+    """
+    Run the command line in-process at the fixed time L{NOW}; return status, stdout, stderr.
+    """
+    out, err = io.StringIO(), io.StringIO()
+    status = run(argv, env, out, err, clock=lambda: NOW)
+    return status, out.getvalue(), err.getvalue()
+
+
+class TokenCapTests(SynchronousTestCase):
+    """
+    C{codexgw token cap}.
+    """
+
+    def test_defaults(self) -> None:
+        """
+        The token verifies with the same secret; its payload has a random C{trn_} turn id, the
+        workspace, C{iat} = now and C{exp} = now + 1 h.
+        """
+        status, out, err = codexgw("token", "cap", "--workspace", "ws_a")
+        self.assertEqual((status, err), (0, ""))
+        self.assertTrue(out.endswith("\n") and out.count("\n") == 1)
+        token = out[:-1]
+        claims = verify_cap_token(Secret(CAP.encode()), token, int(NOW))
+        payload = json.loads(b64url_decode(token.split(".")[1]))
+        self.assertEqual(list(payload), ["turn_id", "workspace_id", "iat", "exp"])
+        self.assertRegex(claims.turn_id, r"^trn_[0-9a-f]{16}$")
+        self.assertEqual(
+            (claims.workspace_id, payload["iat"], claims.exp), ("ws_a", 1_800_000_000, 1_800_003_600)
+        )
+
+    def test_options(self) -> None:
+        """
+        C{--turn-id} and C{--ttl} (rounded up to whole seconds) are honoured.
+        """
+        status, out, _ = codexgw(
+            "token", "cap", "--workspace", "w", "--turn-id", "trn_x", "--ttl", "1.5s"
+        )
+        self.assertEqual(status, 0)
+        claims = verify_cap_token(Secret(CAP.encode()), out.strip(), int(NOW))
+        self.assertEqual((claims.turn_id, claims.exp), ("trn_x", 1_800_000_002))
+
+    def test_badValues(self) -> None:
+        """
+        An invalid workspace, a zero, negative or malformed TTL, a missing workspace, an unknown
+        option and an unknown sub-command are usage errors: exit 2, C{codexgw: } on stderr.
+        """
+        for argv in (
+            ["token", "cap", "--workspace", "a/b"],
+            ["token", "cap", "--workspace", "x" * 129],
+            ["token", "cap", "--workspace", "w", "--ttl", "0"],
+            ["token", "cap", "--workspace", "w", "--ttl", "-1s"],
+            ["token", "cap", "--workspace", "w", "--ttl", "1x"],
+            ["token", "cap"],
+            ["token", "cap", "--workspace", "w", "--bogus"],
+            ["token", "nope"],
+            ["nope"],
+            [],
+        ):
+            with self.subTest(argv=argv):
+                status, out, err = codexgw(*argv)
+                self.assertEqual((status, out), (2, ""))
+                self.assertTrue(err.startswith("codexgw: "), err)
+
+    def test_secretRules(self) -> None:
+        """
+        A missing or short signing secret is a configuration error: exit 64, nothing on stdout, and
+        the value is not echoed.
+        """
+        for env, message in (
+            ({}, "config: CXG_CAPTOKEN_HMAC_SECRET is required\n"),
+            ({"CXG_CAPTOKEN_HMAC_SECRET": ""}, "config: CXG_CAPTOKEN_HMAC_SECRET is required\n"),
+            (
+                {"CXG_CAPTOKEN_HMAC_SECRET": "q" * 31},
+                "config: CXG_CAPTOKEN_HMAC_SECRET must be at least 32 bytes\n",
+            ),
+        ):
+            with self.subTest(env=env):
+                self.assertEqual(codexgw("token", "cap", "--workspace", "w", env=env), (64, "", message))
+
+    def test_readsOnlyItsSecret(self) -> None:
+        """
+        C{token cap} needs only the cap secret; the others may be missing.
+        """
+        status, _, _ = codexgw("token", "cap", "--workspace", "w", env={"CXG_CAPTOKEN_HMAC_SECRET": CAP})
+        self.assertEqual(status, 0)
+
+
+class TokenInboundTests(SynchronousTestCase):
+    """
+    C{codexgw token inbound}.
+    """
+
+    def test_defaultLabel(self) -> None:
+        """
+        The token is C{<workspace>.cli.<hmac>} and verifies.
+        """
+        status, out, _ = codexgw("token", "inbound", "--workspace", "ws_a")
+        self.assertEqual(status, 0)
+        self.assertTrue(out.startswith("ws_a.cli."))
+        self.assertEqual(
+            verify_inbound_token(Secret(INBOUND.encode()), out.strip()).workspace_id, "ws_a"
+        )
+
+    def test_label(self) -> None:
+        """
+        C{--label} is used; an empty or dotted label is a usage error.
+        """
+        self.assertTrue(
+            codexgw("token", "inbound", "--workspace", "w", "--label", "bot")[1].startswith("w.bot.")
+        )
+        for label in ("", "a.b"):
+            with self.subTest(label=label):
+                self.assertEqual(codexgw("token", "inbound", "--workspace", "w", "--label", label)[0], 2)
+
+    def test_secret(self) -> None:
+        """
+        The inbound secret is required.
+        """
+        self.assertEqual(
+            codexgw("token", "inbound", "--workspace", "w", env={}),
+            (64, "", "config: CXG_INBOUND_HMAC_SECRET is required\n"),
+        )
+
+
+class TokenTicketTests(SynchronousTestCase):
+    """
+    C{codexgw token ticket}.
+    """
+
+    def test_default(self) -> None:
+        """
+        The ticket is valid for five minutes, once.
+        """
+        status, out, _ = codexgw("token", "ticket", "--exe-id", "exe_1")
+        self.assertEqual(status, 0)
+        ticket = out.strip()
+        self.assertEqual(ticket.split(".")[1], str(1_800_000_000 + 300))
+        verify_ws_ticket(Secret(SHARED.encode()), ticket, "exe_1", int(NOW), UsedTickets())
+
+    def test_badValues(self) -> None:
+        """
+        A dotted or empty exe id and a TTL outside 1 s–1 h are usage errors.
+        """
+        for argv in (["--exe-id", "a.b"], ["--exe-id", ""], ["--exe-id", "e", "--ttl", "2h"],
+                     ["--exe-id", "e", "--ttl", "500ms"]):  # fmt: skip
+            with self.subTest(argv=argv):
+                self.assertEqual(codexgw("token", "ticket", *argv)[0], 2)
+
+    def test_secret(self) -> None:
+        """
+        The internal shared secret is required.
+        """
+        self.assertEqual(
+            codexgw("token", "ticket", "--exe-id", "e", env={}),
+            (64, "", "config: CXG_INTERNAL_SHARED_SECRET is required\n"),
+        )
+
+
+class ConsoleScriptTests(SynchronousTestCase):
+    """
+    The installed C{codexgw} console script runs as a real process.
+    """
+
+    def test_tokenCap(self) -> None:
+        """
+        C{codexgw token cap --workspace ws_a} prints one verifiable token and exits 0.
+        """
+        script = Path(sys.executable).parent / "codexgw"
+        if not script.exists():
+            self.fail(f"{script} missing: run `make install`")
+        env = {"PATH": os.environ.get("PATH", ""), "CXG_CAPTOKEN_HMAC_SECRET": CAP}
+        done = subprocess.run(
+            [script, "token", "cap", "--workspace", "ws_a"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        self.assertEqual((done.returncode, done.stderr), (0, ""))
+        claims = verify_cap_token(
+            Secret(CAP.encode()), done.stdout.rstrip("\n"), claims_now(done.stdout)
+        )
+        self.assertEqual(claims.workspace_id, "ws_a")
+
+
+def claims_now(token_line: str) -> int:
+    """
+    Return the C{iat} of a printed cap token, the instant at which it is certainly valid.
+    """
+    iat: int = json.loads(b64url_decode(token_line.strip().split(".")[1]))["iat"]
+    return iat
