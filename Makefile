@@ -10,7 +10,7 @@ CODEX_VERSION := 0.169.0
 TESTS ?= tests
 TRIALFLAGS ?=
 
-.PHONY: install dev test lint bench clean
+.PHONY: install dev test lint bench proto clean
 
 install: $(VENV)/.stamp $(TOOLS)/codex/.stamp-$(CODEX_VERSION) $(TOOLS)/s3/.stamp
 
@@ -49,6 +49,11 @@ test: install lint
 
 bench: install
 	$(BIN)/python -m bench
+
+# Regenerate the checked-in relay frame module after editing codexgw/relay.proto.
+proto: $(VENV)/.stamp
+	$(BIN)/python -m pip install -q grpcio-tools==1.85.1
+	$(BIN)/python -m grpc_tools.protoc -Icodexgw --python_out=codexgw --pyi_out=codexgw codexgw/relay.proto
 
 clean:
 	rm -rf _trial_temp* .mypy_cache .ruff_cache .hypothesis
