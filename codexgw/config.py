@@ -12,6 +12,7 @@ takes); a value that is only white space is not treated as empty (values are nev
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Mapping
 from typing import Final
@@ -23,6 +24,13 @@ _DURATION_GROUP = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h)")
 _DURATION = re.compile(r"(?:\d+(?:\.\d+)?(?:ms|s|m|h))+")
 _UNIT_SECONDS: Final = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
 _INTEGER = re.compile(r"-?\d+")
+# Values are 64-bit like the upstream services'; longer digit strings are out of range before int()
+# ever sees them (Python refuses to convert more than 4300 digits).
+_INT64_MIN: Final = -(2**63)
+_INT64_MAX: Final = 2**63 - 1
+_INT64_DIGITS: Final = 19
+# Go's time.Duration ends at 2**63 nanoseconds; longer durations are invalid there and here.
+_MAX_DURATION_SECONDS: Final = _INT64_MAX / 1e9
 
 
 class ConfigError(Exception):
@@ -73,10 +81,15 @@ def parse_integer(name: str, raw: str, minimum: int | None = None, maximum: int 
     """
     if not _INTEGER.fullmatch(raw):
         raise ConfigError(f'{name} must be an integer, got "{raw}"')
-    value = int(raw)
-    if minimum is not None and value < minimum:
+    minimum = _INT64_MIN if minimum is None else minimum
+    maximum = _INT64_MAX if maximum is None else maximum
+    if len(raw.lstrip("-").lstrip("0")) > _INT64_DIGITS:
+        value = _INT64_MIN - 1 if raw.startswith("-") else _INT64_MAX + 1
+    else:
+        value = int(raw)
+    if value < minimum:
         raise ConfigError(f"{name} must be >= {minimum}, got {raw}")
-    if maximum is not None and value > maximum:
+    if value > maximum:
         raise ConfigError(f"{name} must be <= {maximum}, got {raw}")
     return value
 
@@ -94,6 +107,8 @@ def parse_duration(name: str, raw: str, minimum: str | None = None, maximum: str
     elif _DURATION.fullmatch(raw):
         value = sum(float(n) * _UNIT_SECONDS[unit] for n, unit in _DURATION_GROUP.findall(raw))
     else:
+        value = math.inf
+    if not value <= _MAX_DURATION_SECONDS:
         raise ConfigError(f'{name}: invalid duration "{raw}"')
     if minimum is not None and value < parse_duration(name, minimum):
         raise ConfigError(f"{name} must be >= {minimum}, got {raw}")

@@ -138,3 +138,27 @@ class URLTests(SynchronousTestCase):
         """
         self.assertEqual(parse_url("U", "https://h:1/", ("http://", "https://")), "https://h:1")
         self.assertEqual(parse_url("U", "wss://h/p", ("ws://", "wss://")), "wss://h/p")
+
+
+class HugeValueTests(SynchronousTestCase):
+    """
+    Values far outside 64 bits get the spec's messages, not a Python error or infinity.
+    """
+
+    def test_hugeInteger(self) -> None:
+        """
+        5000 digits are out of range, on either side, with or without declared bounds.
+        """
+        e = self.assertRaises(ConfigError, parse_integer, "CXG_PORT", "1" * 5000, 0, 65535)
+        self.assertTrue(str(e).startswith("CXG_PORT must be <= 65535, got 111"))
+        e = self.assertRaises(ConfigError, parse_integer, "N", "-" + "9" * 30)
+        self.assertTrue(str(e).startswith(f"N must be >= {-(2**63)}, got -999"))
+        self.assertEqual(parse_integer("N", "0" * 40 + "7"), 7)
+
+    def test_hugeDuration(self) -> None:
+        """
+        A duration past 2**63 nanoseconds is invalid, as Go's parser says.
+        """
+        e = self.assertRaises(ConfigError, parse_duration, "D", "9" * 400 + "s")
+        self.assertEqual(str(e), f'D: invalid duration "{"9" * 400}s"')
+        self.assertEqual(parse_duration("D", "2562047h"), 2562047 * 3600.0)
