@@ -1,0 +1,3 @@
+"""
+Tests for L{codexgw.execgw}, the exec gateway, module by module.
+"""
