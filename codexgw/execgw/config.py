@@ -22,7 +22,7 @@ Decisions where the spec is silent:
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final, Literal
 
@@ -264,15 +264,9 @@ class ExecGatewayConfig:
         return f"tcp:{self.port}"
 
 
-def load_config(environ: Mapping[str, str]) -> ExecGatewayConfig:
-    """
-    Validate the environment row by row in table order.
-
-    @param environ: the process environment (or a test's dictionary).
-    @raise ConfigError: at the first row that fails, with the message of §2.
-    """
+def _load(environ: Mapping[str, str], variables: Iterable[Variable]) -> dict[str, Any]:
     values: dict[str, Any] = {}
-    for variable in VARIABLES:
+    for variable in variables:
         raw = get(environ, variable.name) or variable.default
         if raw is None:
             if variable.required:
@@ -280,6 +274,29 @@ def load_config(environ: Mapping[str, str]) -> ExecGatewayConfig:
             values[variable.attribute] = None
         else:
             values[variable.attribute] = variable.parse(variable.name, raw)
+    return values
+
+
+def load_store_config(environ: Mapping[str, str]) -> tuple[str, int]:
+    """
+    Validate only the store's rows (for C{codexgw migrate}), with the same rules and defaults.
+
+    @return: C{CXG_DATABASE_URL} and C{CXG_DATABASE_POOL_SIZE}.
+    @raise ConfigError: at the first row that fails.
+    """
+    names = ("CXG_DATABASE_URL", "CXG_DATABASE_POOL_SIZE")
+    values = _load(environ, [v for v in VARIABLES if v.name in names])
+    return values["database_url"], values["database_pool_size"]
+
+
+def load_config(environ: Mapping[str, str]) -> ExecGatewayConfig:
+    """
+    Validate the environment row by row in table order.
+
+    @param environ: the process environment (or a test's dictionary).
+    @raise ConfigError: at the first row that fails, with the message of §2.
+    """
+    values = _load(environ, VARIABLES)
     sdk_mode: SdkMode = "disabled"
     if values["agentserver_internal_url"] is not None:
         sdk_mode = "remote"
