@@ -2,10 +2,12 @@
 The C{codexgw} console script (C{delivery.md} §3.1).
 
 Sub-commands are added by the issues that build what they drive; today: C{token cap|inbound|ticket},
-which mint tokens from the configured secrets for operators and tests.
+which mint tokens from the configured secrets for operators and tests, and C{migrate}, which brings the
+exec gateway's database schema up to date.
 
 Exit statuses: 0 success (stdout is exactly the token and a newline); 2 usage error (stderr
-C{codexgw: <error>}); 64 configuration error (stderr C{config: <message>}, nothing on stdout).
+C{codexgw: <error>}); 64 configuration error (stderr C{config: <message>}, nothing on stdout); 1 store
+failure of C{migrate} (stderr C{store: <error without password>}).
 
 Decision where the spec is silent: C{--ttl} is rounded up to whole seconds, so any positive duration
 yields C{exp > iat}.
@@ -21,7 +23,7 @@ import secrets
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
-from typing import NoReturn, TextIO
+from typing import Any, NoReturn, TextIO
 
 from codexgw import tokens
 from codexgw.config import ConfigError, Secret, parse_duration, parse_secret
@@ -128,6 +130,9 @@ def build_parser() -> argparse.ArgumentParser:
     ticket.add_argument("--exe-id", required=True, type=_exe_id)
     ticket.add_argument("--ttl", type=_ttl("1s", "1h"), default=300)
     ticket.set_defaults(mint=_token_ticket)
+
+    migrate = commands.add_parser("migrate", help="apply the exec gateway's database migrations")
+    migrate.set_defaults(mint=None)
     return parser
 
 
@@ -143,6 +148,8 @@ def run(
     """
     try:
         args = build_parser().parse_args(list(argv))
+        if args.command == "migrate":
+            return _migrate(environ, stderr)
         token = args.mint(args, environ, clock())
     except UsageError as e:
         print(f"codexgw: {e}", file=stderr)
@@ -152,6 +159,26 @@ def run(
         return EXIT_CONFIG
     stdout.write(token + "\n")
     return 0
+
+
+def _migrate(environ: Mapping[str, str], stderr: TextIO) -> int:
+    # Imported here: the token commands must not pay for the store's imports.
+    from twisted.internet.task import react  # noqa: PLC0415
+
+    from codexgw.execgw.config import load_store_config  # noqa: PLC0415
+    from codexgw.execgw.store import open_store  # noqa: PLC0415
+
+    database_url, pool_size = load_store_config(environ)
+
+    async def migrate(reactor: Any) -> None:
+        try:
+            store = await open_store(database_url, pool_size, reactor)
+        except Exception as e:
+            print(f"store: {e}", file=stderr)
+            raise SystemExit(1) from None
+        await store.close()
+
+    react(migrate)
 
 
 def main() -> NoReturn:

@@ -7,6 +7,8 @@ from __future__ import annotations
 import io
 import json
 import os
+import socket
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -226,3 +228,67 @@ def claims_now(token_line: str) -> int:
     """
     iat: int = json.loads(b64url_decode(token_line.strip().split(".")[1]))["iat"]
     return iat
+
+
+class MigrateTests(SynchronousTestCase):
+    """
+    C{codexgw migrate} brings a database's schema up to date (C{delivery.md} §3.1), as a real process.
+    """
+
+    def migrate(self, env: dict[str, str], cwd: str) -> subprocess.CompletedProcess[str]:
+        """
+        Run the installed C{codexgw migrate} with C{env} in C{cwd}.
+        """
+        script = Path(sys.executable).parent / "codexgw"
+        return subprocess.run(
+            [script, "migrate"],
+            env={"PATH": os.environ.get("PATH", ""), **env},
+            cwd=cwd,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+
+    def test_sqliteDefaultTwice(self) -> None:
+        """
+        With no configuration it creates C{var/exec-gateway.sqlite3} with both migrations; a second
+        run succeeds and applies nothing.
+        """
+        cwd = self.mktemp()
+        os.makedirs(cwd)
+        for _ in range(2):
+            done = self.migrate({}, cwd)
+            self.assertEqual((done.returncode, done.stdout), (0, ""), done.stderr)
+        with sqlite3.connect(os.path.join(cwd, "var", "exec-gateway.sqlite3")) as db:
+            versions = [
+                row[0] for row in db.execute("SELECT version FROM schema_migrations ORDER BY version")
+            ]
+        self.assertEqual(versions, ["001_executors.sql", "002_workspace_executor_name.sql"])
+
+    def test_unreachablePostgres(self) -> None:
+        """
+        A PostgreSQL URL nobody answers exits 1 with C{store: }, never showing the password.
+        """
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        cwd = self.mktemp()
+        os.makedirs(cwd)
+        done = self.migrate({"CXG_DATABASE_URL": f"postgresql://u:hunter2pw@127.0.0.1:{port}/d"}, cwd)
+        self.assertEqual(done.returncode, 1, done.stderr)
+        self.assertIn("store: ", done.stderr)
+        self.assertNotIn("hunter2pw", done.stderr + done.stdout)
+
+    def test_badURL(self) -> None:
+        """
+        An unsupported scheme is a configuration error: exit 64, only the scheme echoed.
+        """
+        cwd = self.mktemp()
+        os.makedirs(cwd)
+        done = self.migrate({"CXG_DATABASE_URL": "mysql://u:hunter2pw@h/d"}, cwd)
+        self.assertEqual(done.returncode, 64)
+        self.assertEqual(
+            done.stderr,
+            "config: CXG_DATABASE_URL: "
+            'unsupported scheme "mysql" (want sqlite, postgres or postgresql)\n',
+        )
