@@ -164,6 +164,9 @@ def _read_varint(data: bytes, pos: int, end: int) -> tuple[int, int]:
         shift += 7
 
 
+_BODY_BY_KEY: Final = {(body << 3) | 2: body for body in Body if body is not Body.NONE}
+
+
 def peek(frame: bytes) -> FrameHead:
     """
     Read C{stream_id} and the body case of C{frame} without decoding anything else.
@@ -175,6 +178,23 @@ def peek(frame: bytes) -> FrameHead:
     @raise Undecodable: truncated varint or length, invalid wire type, or field 2 not length-delimited
         or not UTF-8.
     """
+    # Fast path for the layout protobuf encoders (ours, Go's, codex's) write: version 1, a stream id
+    # under 128 bytes, then one body that runs to the end. Anything else takes the general walk.
+    end = len(frame)
+    if end > 5 and frame[0] == 0x08 and frame[1] == 0x01 and frame[2] == 0x12 and frame[3] < 0x80:
+        key_pos = 4 + frame[3]
+        body = _BODY_BY_KEY.get(frame[key_pos]) if key_pos < end else None
+        if body is not None:
+            try:
+                length, pos = _read_varint(frame, key_pos + 1, end)
+                if pos + length == end:
+                    return FrameHead(frame[4:key_pos].decode("utf-8"), body)
+            except (Undecodable, UnicodeDecodeError):
+                pass
+    return _peek_fields(frame)
+
+
+def _peek_fields(frame: bytes) -> FrameHead:
     pos = 0
     end = len(frame)
     stream_id = b""

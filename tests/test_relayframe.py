@@ -5,6 +5,8 @@ against the generated protobuf module, and segmentation.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from hypothesis import given
 from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
@@ -128,6 +130,25 @@ class PeekTests(SynchronousTestCase):
         expected = {None: Body.NONE, "data": Body.DATA, "ack_frame": Body.ACK, "resume": Body.RESUME,
                     "reset": Body.RESET, "heartbeat": Body.HEARTBEAT}[body]  # fmt: skip
         self.assertEqual(head, FrameHead(sid, expected))
+
+    @given(
+        prefix=st.sampled_from([b"", b"\x08\x01\x12", b"\x08\x01\x12\x02s1"]),
+        rest=st.binary(max_size=40),
+    )
+    def test_fastPathAgreesWithFieldWalk(self, prefix: bytes, rest: bytes) -> None:
+        """
+        For any bytes (biased towards the canonical layout), the fast path answers exactly what the
+        general field walk answers, including refusing the same inputs.
+        """
+        frame = prefix + rest
+
+        def outcome(read: Callable[[bytes], FrameHead]) -> FrameHead | type[Undecodable]:
+            try:
+                return read(frame)
+            except Undecodable:
+                return Undecodable
+
+        self.assertEqual(outcome(peek), outcome(relayframe._peek_fields))
 
     def test_lastOccurrenceWinsAndAnyOrder(self) -> None:
         """

@@ -197,6 +197,34 @@ class FrameProtocol(WebSocketServerProtocol):
         """
         self.receiver.connection_opened()
 
+    # Hot path. Autobahn's versions of these format debug-log arguments for every read and write and
+    # fire an event (a Deferred) for every message, whether or not anyone listens; the relay does
+    # neither.
+
+    def dataReceived(self, data: bytes) -> None:
+        """
+        Hand received bytes to Autobahn's frame parser.
+        """
+        self._dataReceived(data)
+
+    def sendData(self, data: bytes, sync: bool = False, chopsize: int | None = None) -> None:
+        """
+        Write frame bytes straight to the transport unless Autobahn's send queue is in use.
+        """
+        if sync or chopsize or self.send_queue:
+            super().sendData(data, sync, chopsize)
+        else:
+            self.transport.write(data)
+
+    def onMessageEnd(self) -> None:
+        """
+        Deliver a complete message to L{onMessage} directly.
+        """
+        if not self.failedByMe:
+            self.onMessage(b"".join(self.message_data), self.message_is_binary)
+        # Release the parts now; onMessageBegin starts a new list for the next message.
+        self.message_data = []
+
     def onMessage(self, payload: bytes, isBinary: bool) -> None:
         """
         Hand each message to the receiver: binary ones with their exact bytes.
