@@ -437,7 +437,8 @@ class SQLiteStore:
         Start the worker thread and open the database on it.
         """
         self._pool.start()
-        self._shutdown_trigger = self._core.addSystemEventTrigger("before", "shutdown", self.close)
+        # "during": after the services' own "before" shutdown steps, which may still use the store.
+        self._shutdown_trigger = self._core.addSystemEventTrigger("during", "shutdown", self.close)
 
         def opened(db: SQLiteDatabase) -> None:
             self._db = db
