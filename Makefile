@@ -47,7 +47,12 @@ lint: $(VENV)/.stamp
 test: install lint
 	$(BIN)/python -m tests.harness -- $(BIN)/python -m twisted.trial $(TRIALFLAGS) $(TESTS)
 
-bench: install
+$(VENV)/.stamp-bench: $(VENV)/.stamp
+	$(BIN)/python -m pip install -q --disable-pip-version-check -c constraints.txt \
+	    -e '.[dev,bench]' --config-settings editable_mode=compat
+	touch $@
+
+bench: install $(VENV)/.stamp-bench
 	$(BIN)/python -m bench
 
 # Regenerate the checked-in relay frame module after editing codexgw/relay.proto.
