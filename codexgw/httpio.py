@@ -7,6 +7,9 @@ HTTP request bodies and responses as the gateways' specs define them.
    or a listed field of the wrong type; C{null} means absent; a boolean is not an integer).
  - L{text_response}, L{json_response}, L{empty_response}: the two error body styles and success bodies,
    always with C{Content-Length} (never chunked).
+ - L{GuardedSite} and its L{GuardedHTTPChannel}: request headers must complete within 10 s of a
+   connection or of a request's first byte (a slow-header client cannot hold a connection), and
+   accepted sockets use TCP keepalive (15 s idle, 15 s interval), as C{exec-gateway.md} §9.1 fixes.
  - L{redacted_access_log}: the site's access log line without the query string (tokens and tickets
    travel there) and without the secret path segments a site names.
 """
@@ -17,12 +20,22 @@ HTTP request bodies and responses as the gateways' specs define them.
 from __future__ import annotations
 
 import json
+import socket
 from collections.abc import Callable, Mapping
 from typing import IO, Any, Final, cast
 
-from twisted.web.http import combinedLogFormatter
+from twisted.internet.interfaces import IDelayedCall
+from twisted.internet.protocol import connectionDone
+from twisted.python.failure import Failure
+from twisted.web.http import HTTPChannel, combinedLogFormatter
 from twisted.web.iweb import IRequest
-from twisted.web.server import Request
+from twisted.web.server import Request, Site
+
+#: Seconds a client has to finish a request's headers (from accept, or from a request's first byte).
+HEADER_TIMEOUT: Final = 10.0
+#: TCP keepalive: seconds of idleness before the first probe, and between probes.
+KEEPALIVE_IDLE: Final = 15
+KEEPALIVE_INTERVAL: Final = 15
 
 #: The default cap on kept request bodies (the admin and internal APIs' 1 MiB limit).
 DEFAULT_MAX_BODY_BYTES: Final = 1 << 20
@@ -67,6 +80,94 @@ class BoundedRequest(Request):
             content.truncate()
             return
         super().handleContentChunk(data)
+
+
+class GuardedHTTPChannel(HTTPChannel):
+    """
+    An HTTP/1.1 channel with a header deadline and TCP keepalive.
+
+    Twisted's own timeout is an idle timeout that any byte resets, so a client trickling a header
+    byte every few seconds would hold the connection forever; this deadline is not reset. While a
+    keep-alive connection waits for its next request only the site's idle timeout applies; the
+    deadline starts with the next request's first byte.
+    """
+
+    header_timeout: float = HEADER_TIMEOUT
+    _header_deadline: IDelayedCall | None = None
+    _awaiting_headers = True
+
+    def connectionMade(self) -> None:
+        """
+        Start the header deadline and switch TCP keepalive on.
+        """
+        super().connectionMade()
+        _keepalive(self.transport)
+        self._arm_header_deadline()
+
+    def dataReceived(self, data: bytes) -> None:
+        """
+        The first byte of a new request starts its header deadline.
+        """
+        if self._awaiting_headers and self._header_deadline is None:
+            self._arm_header_deadline()
+        super().dataReceived(data)
+
+    def allHeadersReceived(self) -> None:
+        """
+        The headers are complete in time.
+        """
+        self._awaiting_headers = False
+        self._disarm_header_deadline()
+        super().allHeadersReceived()
+
+    def requestDone(self, request: Request) -> None:
+        """
+        The response went out; the next request gets its own deadline.
+        """
+        super().requestDone(request)
+        self._awaiting_headers = True
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        """
+        Drop the deadline with the connection.
+        """
+        self._disarm_header_deadline()
+        super().connectionLost(reason)
+
+    def _arm_header_deadline(self) -> None:
+        self._header_deadline = self.callLater(self.header_timeout, self._headers_too_slow)
+
+    def _disarm_header_deadline(self) -> None:
+        if self._header_deadline is not None and self._header_deadline.active():
+            self._header_deadline.cancel()
+        self._header_deadline = None
+
+    def _headers_too_slow(self) -> None:
+        self._header_deadline = None
+        transport: Any = self.transport
+        if transport is not None:
+            transport.abortConnection()
+
+
+def _keepalive(transport: object) -> None:
+    set_keepalive = getattr(transport, "setTcpKeepAlive", None)
+    if set_keepalive is None:
+        return
+    set_keepalive(True)
+    handle: Any = getattr(transport, "getHandle", lambda: None)()
+    for option, value in (("TCP_KEEPIDLE", KEEPALIVE_IDLE), ("TCP_KEEPINTVL", KEEPALIVE_INTERVAL)):
+        if hasattr(socket, option) and hasattr(handle, "setsockopt"):
+            handle.setsockopt(socket.IPPROTO_TCP, getattr(socket, option), value)
+
+
+class GuardedSite(Site):
+    """
+    A C{Site} whose connections are L{GuardedHTTPChannel}s (plain HTTP/1.1: no TLS, so no HTTP/2).
+    """
+
+    # Twisted types this attribute as its HTTP/1.1-or-2 channel factory; a channel class is what it
+    # calls.
+    protocol = GuardedHTTPChannel  # type: ignore[assignment]
 
 
 def bounded_request(max_body_bytes: int) -> type[BoundedRequest]:

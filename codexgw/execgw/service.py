@@ -22,7 +22,7 @@ from twisted.application.service import Service
 from twisted.internet.defer import Deferred, maybeDeferred, succeed
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.interfaces import IListeningPort
-from twisted.internet.task import LoopingCall, deferLater
+from twisted.internet.task import deferLater
 from twisted.logger import Logger
 from twisted.web.resource import IResource
 from twisted.web.server import Site
@@ -36,15 +36,13 @@ from codexgw.execgw.web import ExecGatewayRoutes
 from codexgw.httpio import (
     DEFAULT_MAX_BODY_BYTES,
     BoundedRequest,
+    GuardedSite,
     bounded_request,
     redacted_access_log,
 )
-from codexgw.tokens import UsedTickets
 
 log = Logger()
 
-#: How often the revoked set and the used tickets are pruned (§2, §7.3).
-PRUNE_INTERVAL = 60.0
 #: How long closing websockets get to finish their closing handshakes on shutdown.
 CLOSE_GRACE = 2.0
 #: How often shutdown looks whether the websockets and HTTP requests it waits for are done.
@@ -75,11 +73,11 @@ def make_site(
     reactor: Any = None,
 ) -> Site:
     """
-    The gateway's HTTP site: idle connections closed after 120 s, request bodies kept up to the
-    largest limit of any route, an access log without tokens, and (when C{in_flight} is given) every
-    request tracked until it is answered.
+    The gateway's HTTP site: request headers within 10 s, TCP keepalive, idle connections closed
+    after 120 s, request bodies kept up to the largest limit of any route, an access log without
+    tokens, and (when C{in_flight} is given) every request tracked until it is answered.
     """
-    site = Site(
+    site = GuardedSite(
         resource,
         timeout=120,
         logFormatter=redacted_access_log((b"/relay/",)),
@@ -115,12 +113,10 @@ class ExecGatewayService(Service):
         self.endpoint = endpoint
         self.reactor = reactor
         self.metrics = ExecMetrics()
-        self.used_tickets = UsedTickets()
         self.store: IStore | None = None
         self.switchboard: Switchboard | None = None
         self.port: IListeningPort | None = None
         self.started: Deferred[None] = Deferred()
-        self._pruner: LoopingCall | None = None
         self._starting: Deferred[None] | None = None
         self._in_flight: weakref.WeakSet[BoundedRequest] = weakref.WeakSet()
 
@@ -150,15 +146,12 @@ class ExecGatewayService(Service):
             TokenHasher(self.reactor, self.reactor.getThreadPool()),
             self.metrics,
             self.reactor,
-            self.used_tickets,
+            self.switchboard.used_tickets,
             reactor=self.reactor,
         )
         site = make_site(routes.app.resource(), config, self._in_flight)
         self.port = await serverFromString(self.reactor, self.endpoint).listen(site)
         self.switchboard.start()
-        self._pruner = LoopingCall(self._prune)
-        self._pruner.clock = self.reactor
-        self._pruner.start(PRUNE_INTERVAL, now=False)
         if config.sdk_mode == "disabled":
             log.warn(
                 "sdk REST surface disabled: neither CXG_AGENTSERVER_INTERNAL_URL nor "
@@ -174,12 +167,6 @@ class ExecGatewayService(Service):
             relay="enabled" if config.relay_enabled else "disabled",
         )
         self.started.callback(None)
-
-    def _prune(self) -> None:
-        assert self.switchboard is not None
-        self.switchboard.revoked.prune()
-        self.used_tickets.prune(int(self.reactor.seconds()))
-        self.metrics.revoked_turns.set(len(self.switchboard.revoked))
 
     def _fatal(self, failure: Any) -> None:
         # twist has replaced sys.stderr by a log adapter by now: write to the real standard error.
@@ -223,8 +210,6 @@ class ExecGatewayService(Service):
             await deferLater(self.reactor, SHUTDOWN_POLL, lambda: None)
         for request in http_in_flight(self._in_flight):
             cast(Any, request.channel.transport).abortConnection()
-        if self._pruner is not None and self._pruner.running:
-            self._pruner.stop()
         if self.store is not None:
             await self.store.close()
         log.info(

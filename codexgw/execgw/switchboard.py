@@ -10,6 +10,8 @@ it. It does no I/O of its own except best-effort C{update_last_seen} calls to th
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import LoopingCall
@@ -23,9 +25,13 @@ from codexgw.execgw.peer import CLOSE_GOING_AWAY, CLOSE_POLICY, IFramePeer
 from codexgw.execgw.registry import ConnRegistry, Slot, StreamSlots
 from codexgw.execgw.revoked import RevokedSet
 from codexgw.execgw.store import IStore
-from codexgw.tokens import CapClaims
+from codexgw.tokens import CapClaims, UsedTickets
 
 log = Logger()
+
+
+#: How often expired revoked turns and used tickets are forgotten (§2, §7.3, §7.4).
+PRUNE_INTERVAL = 60.0
 
 
 def idle_scan_interval(idle_timeout: float) -> float:
@@ -42,6 +48,7 @@ class Switchboard:
     @ivar registry: live inbound connections by C{exe_id}.
     @ivar slots: reserved bridge slots per executor.
     @ivar revoked: revoked turn ids.
+    @ivar used_tickets: ws tickets already accepted (the replay guard).
     @ivar bridges: every bridge websocket from its upgrade until it ends.
     @ivar shutting_down: set by L{shut_down}; sessions then originate no Reset frames.
     """
@@ -64,9 +71,11 @@ class Switchboard:
         self.registry: ConnRegistry[InboundSession] = ConnRegistry()
         self.slots = StreamSlots(max_streams_per_executor)
         self.revoked = RevokedSet(clock)
+        self.used_tickets = UsedTickets()
         self.bridges: set[BridgeSession] = set()
         self.shutting_down = False
         self._idle_scan: LoopingCall | None = None
+        self._pruner: LoopingCall | None = None
         self._frames = {d: metrics.frames.labels(direction=d) for d in ("to_executor", "to_bridge")}
         self._frame_bytes = {
             d: metrics.frame_bytes.labels(direction=d) for d in ("to_executor", "to_bridge")
@@ -76,20 +85,36 @@ class Switchboard:
 
     def start(self) -> None:
         """
-        Start the idle-bridge scan (none when the idle timeout is 0).
+        Start the periodic tasks: the idle-bridge scan (none when the idle timeout is 0) and the
+        pruner of revoked turns and used tickets.
         """
         if self.idle_timeout > 0 and self._idle_scan is None:
-            self._idle_scan = LoopingCall(self.reap_idle)
-            self._idle_scan.clock = self.clock
-            self._idle_scan.start(idle_scan_interval(self.idle_timeout), now=False)
+            self._idle_scan = self._every(idle_scan_interval(self.idle_timeout), self.reap_idle)
+        if self._pruner is None:
+            self._pruner = self._every(PRUNE_INTERVAL, self.prune)
+
+    def _every(self, interval: float, task: Callable[[], None]) -> LoopingCall:
+        call = LoopingCall(task)
+        call.clock = self.clock
+        call.start(interval, now=False)
+        return call
 
     def stop(self) -> None:
         """
-        Stop the periodic scan.
+        Stop the periodic tasks.
         """
-        if self._idle_scan is not None and self._idle_scan.running:
-            self._idle_scan.stop()
-        self._idle_scan = None
+        for call in (self._idle_scan, self._pruner):
+            if call is not None and call.running:
+                call.stop()
+        self._idle_scan = self._pruner = None
+
+    def prune(self) -> None:
+        """
+        Forget revoked turns and used tickets that have expired (every L{PRUNE_INTERVAL} seconds).
+        """
+        self.revoked.prune()
+        self.used_tickets.prune(int(self.clock.seconds()))
+        self.metrics.revoked_turns.set(len(self.revoked))
 
     def shut_down(self) -> None:
         """

@@ -151,7 +151,7 @@ class FirstFrameTests(SynchronousTestCase):
         rig.settle()
         self.assertEqual(exe.sent, [])
         self.assertTrue(slot.released)
-        self.assertEqual(rig.clock.getDelayedCalls(), [])
+        self.assertEqual(rig.stray_timers(), [])
 
     def test_resume_cancels_timeout(self) -> None:
         """
@@ -160,7 +160,7 @@ class FirstFrameTests(SynchronousTestCase):
         rig = Rig(idle_timeout=0)
         rig.connect()
         _, peer = rig.pair("s1")
-        self.assertEqual(rig.clock.getDelayedCalls(), [])
+        self.assertEqual(rig.stray_timers(), [])
         rig.clock.advance(60)
         self.assertIsNone(peer.closed_with)
 
@@ -175,7 +175,7 @@ class FirstFrameTests(SynchronousTestCase):
         peer.lose(CLOSE_NORMAL, "")
         self.assertEqual(exe.sent, [])
         self.assertTrue(slot.released)
-        self.assertEqual(rig.clock.getDelayedCalls(), [])
+        self.assertEqual(rig.stray_timers(), [])
 
 
 class ResumeTests(SynchronousTestCase):

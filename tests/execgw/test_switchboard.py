@@ -23,6 +23,8 @@ from hypothesis.stateful import (
     run_state_machine_as_test,
 )
 from twisted.internet import task
+from twisted.internet.interfaces import IDelayedCall
+from twisted.internet.task import LoopingCall
 from twisted.internet.testing import MemoryReactorClock
 from twisted.logger import ILogObserver, LogEvent, globalLogPublisher
 from twisted.test import iosim
@@ -44,7 +46,7 @@ from codexgw.execgw.peer import (
 )
 from codexgw.execgw.registry import Slot
 from codexgw.execgw.store import ExecutorRecord, StoreUnavailable
-from codexgw.execgw.switchboard import Switchboard, idle_scan_interval
+from codexgw.execgw.switchboard import PRUNE_INTERVAL, Switchboard, idle_scan_interval
 from codexgw.relayframe import Body
 from codexgw.testing.fakepeer import FakeFramePeer
 from codexgw.testing.fakestore import FakeStore
@@ -194,6 +196,18 @@ class Rig:
                 done.add(id(peer))
                 peer.finish_close()
 
+    def stray_timers(self) -> list[IDelayedCall]:
+        """
+        The pending delayed calls other than the switchboard's periodic tasks (the idle scan and the
+        pruner run for as long as the switchboard does).
+        """
+        return [
+            call
+            for call in self.clock.getDelayedCalls()
+            # A LoopingCall schedules itself as the delayed call's function.
+            if not isinstance(getattr(call, "func", None), LoopingCall)
+        ]
+
     def first_frame_timers(self) -> int:
         """
         How many first-frame timers are pending.
@@ -265,30 +279,55 @@ class IdleScanIntervalTests(SynchronousTestCase):
 
 class LifecycleTests(SynchronousTestCase):
     """
-    Starting and stopping the idle scan.
+    Starting and stopping the periodic tasks: the idle scan and the pruner.
     """
 
-    def test_start_schedules_one_scan(self) -> None:
+    def test_start_schedules_each_task_once(self) -> None:
         """
-        C{start} schedules the idle scan once, even when called twice; C{stop} removes it.
+        C{start} schedules the idle scan and the pruner once each, even when called twice; C{stop}
+        removes both.
         """
         rig = Rig(idle_timeout=0.2)
         rig.board.start()
-        self.assertEqual(len(rig.clock.getDelayedCalls()), 1)
+        self.assertEqual(
+            sorted(call.getTime() for call in rig.clock.getDelayedCalls()),
+            [idle_scan_interval(0.2), PRUNE_INTERVAL],
+        )
         rig.board.stop()
         rig.board.stop()
         self.assertEqual(rig.clock.getDelayedCalls(), [])
 
     def test_no_scan_without_idle_timeout(self) -> None:
         """
-        An idle timeout of 0 disables reaping: no timer at all, and a silent stream stays open.
+        An idle timeout of 0 disables reaping: only the pruner is scheduled, and a silent stream stays
+        open.
         """
         rig = Rig(idle_timeout=0)
         rig.connect()
         _, peer = rig.pair("s1")
-        self.assertEqual(rig.clock.getDelayedCalls(), [])
+        self.assertEqual([call.getTime() for call in rig.clock.getDelayedCalls()], [PRUNE_INTERVAL])
         rig.clock.advance(3600)
         self.assertIsNone(peer.closed_with)
+
+    def test_pruner_runs_every_minute(self) -> None:
+        """
+        Every 60 s the pruner forgets revoked turns with C{exp < now} and used tickets with
+        C{exp <= now}, and keeps the rest (acceptance item 59).
+        """
+        rig = Rig()
+        now = int(rig.clock.seconds())
+        rig.board.revoked.add("trn_old", now + 30)
+        rig.board.revoked.add("trn_new", now + 90)
+        rig.board.used_tickets.claim(b"old", now + 60)
+        rig.board.used_tickets.claim(b"new", now + 61)
+        rig.clock.advance(59)
+        self.assertEqual((len(rig.board.revoked), len(rig.board.used_tickets)), (2, 2))
+        rig.clock.advance(1)
+        self.assertFalse(rig.board.revoked.contains("trn_old"))
+        self.assertTrue(rig.board.revoked.contains("trn_new"))
+        self.assertEqual(len(rig.board.used_tickets), 1)
+        rig.clock.advance(60)
+        self.assertEqual((len(rig.board.revoked), len(rig.board.used_tickets)), (0, 0))
 
 
 class IdleReapTests(SynchronousTestCase):
@@ -411,7 +450,7 @@ class HygieneTests(SynchronousTestCase):
         self.assertEqual(rig.board.slots.counts(), {})
         self.assertEqual(rig.board.bridges, set())
         self.assertEqual(rig.value("cxg_exec_bridges_active"), 0)
-        self.assertEqual(len(rig.clock.getDelayedCalls()), 1)  # the idle scan
+        self.assertEqual(rig.stray_timers(), [])
         rig.board.stop()
         self.assertEqual(rig.clock.getDelayedCalls(), [])
         self.assertEqual(resets(exe.sent).count("bridge-closed"), 6)
