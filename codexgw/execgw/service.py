@@ -131,6 +131,10 @@ class ExecGatewayService(Service):
     async def _start(self) -> None:
         config = self.config
         self.store = await open_store(config.database_url, config.database_pool_size, self.reactor)
+        if not self.running:
+            # Stopped while the store was opening: do not start listening after the stop.
+            await self.store.close()
+            return
         self.switchboard = Switchboard(
             self.reactor,
             self.store,

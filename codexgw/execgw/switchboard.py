@@ -72,6 +72,7 @@ class Switchboard:
         self.slots = StreamSlots(max_streams_per_executor)
         self.revoked = RevokedSet(clock)
         self.used_tickets = UsedTickets()
+        self._last_ticket_exp: dict[str, int] = {}
         self.bridges: set[BridgeSession] = set()
         self.shutting_down = False
         self._idle_scan: LoopingCall | None = None
@@ -108,12 +109,30 @@ class Switchboard:
                 call.stop()
         self._idle_scan = self._pruner = None
 
+    def unique_ticket_exp(self, exe_id: str, exp: int) -> int:
+        """
+        The expiry to mint an executor's next ws ticket with: C{exp}, or one second past the last
+        ticket's if that is not earlier.
+
+        A ticket is C{<exe_id>.<exp>.<signature>}, so two registrations of one executor within the
+        same second would get the same ticket, and the second connection would be refused as a
+        replay (which an executor takes as fatal). Moving the expiry on by a second makes each
+        ticket distinct at the cost of that second of validity.
+        """
+        exp = max(exp, self._last_ticket_exp.get(exe_id, 0) + 1)
+        self._last_ticket_exp[exe_id] = exp
+        return exp
+
     def prune(self) -> None:
         """
-        Forget revoked turns and used tickets that have expired (every L{PRUNE_INTERVAL} seconds).
+        Forget revoked turns, used tickets and last ticket expiries that have expired (every
+        L{PRUNE_INTERVAL} seconds).
         """
+        now = int(self.clock.seconds())
         self.revoked.prune()
-        self.used_tickets.prune(int(self.clock.seconds()))
+        self.used_tickets.prune(now)
+        for exe_id in [e for e, exp in self._last_ticket_exp.items() if exp <= now]:
+            del self._last_ticket_exp[exe_id]
         self.metrics.revoked_turns.set(len(self.revoked))
 
     def shut_down(self) -> None:

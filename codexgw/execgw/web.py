@@ -173,6 +173,9 @@ class ExecGatewayRoutes:
         """
         Authenticate an executor (ticket, or raw registration token) and upgrade.
         """
+        if request.method == b"HEAD":
+            # werkzeug allows HEAD wherever GET is; a HEAD must not consume a single-use ticket.
+            return text_response(request, 405, "method not allowed")
         raw = request.args.get(b"token", [b""])[0] if request.args else b""
         token = raw.decode("utf-8", "surrogateescape")
         peer = _peer(request)
@@ -227,6 +230,8 @@ class ExecGatewayRoutes:
         """
         Check a bridge dial in the spec's order, reserve a stream slot, and upgrade.
         """
+        if request.method == b"HEAD":
+            return text_response(request, 405, "method not allowed")
         peer = _peer(request)
         token = bearer_token(request)
         if token is None:
@@ -326,9 +331,8 @@ class ExecGatewayRoutes:
             return json_error(request, 401, "unauthorized")
         if not await self.hasher.check_token(token, stored):
             return json_error(request, 401, "unauthorized")
-        ticket = tokens.mint_ws_ticket(
-            self.config.internal_shared_secret, exe_id, self._now() + int(self.config.ws_ticket_ttl)
-        )
+        exp = self.switchboard.unique_ticket_exp(exe_id, self._now() + int(self.config.ws_ticket_ttl))
+        ticket = tokens.mint_ws_ticket(self.config.internal_shared_secret, exe_id, exp)
         path = f"/codex-exec/{quote(exe_id, safe='')}?token={quote(ticket, safe='')}"
         url = self._ws_base(request) + path
         return json_response(

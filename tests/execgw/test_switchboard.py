@@ -1056,3 +1056,25 @@ class AutobahnRelayTests(SynchronousTestCase):
         self.assertGreaterEqual(client.client.pings, 3)
         self.assertEqual(client.binary(), [relayframe.reset_frame("s1", "idle-timeout")])
         self.assertEqual(resets(exe.binary()), ["idle-timeout"])
+
+
+class TicketExpiryTests(SynchronousTestCase):
+    """
+    L{Switchboard.unique_ticket_exp} keeps an executor's tickets distinct.
+    """
+
+    def test_distinct_and_pruned(self) -> None:
+        """
+        Within one second the expiry moves on by one per ticket, per executor; once the last expiry
+        has passed, the pruner forgets it and the next ticket gets the plain expiry again.
+        """
+        rig = Rig()
+        now = int(rig.clock.seconds())
+        board = rig.board
+        self.assertEqual([board.unique_ticket_exp("exe_a", now + 300) for _ in range(3)],
+                         [now + 300, now + 301, now + 302])  # fmt: skip
+        self.assertEqual(board.unique_ticket_exp("exe_b", now + 300), now + 300)
+        rig.clock.advance(60)
+        self.assertEqual(board.unique_ticket_exp("exe_a", now + 360), now + 360)
+        rig.clock.advance(PRUNE_INTERVAL * 6)
+        self.assertEqual(board.unique_ticket_exp("exe_a", now + 1), now + 1)

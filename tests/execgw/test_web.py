@@ -1115,9 +1115,10 @@ class CloudRegisterTests(ReplyAssertions):
         """
         The right token → 200 with C{id}, C{executor_id}, C{environment_id} (equal, in that order)
         and a C{url} whose token is a ws ticket for this executor, valid for C{CXG_WS_TICKET_TTL};
-        the raw token appears neither in the body nor in the logs.
+        the raw token appears neither in the body nor in the logs. (The second registration in the
+        same second gets an expiry one second later, so its ticket differs.)
         """
-        for kind in ("executor", "environment"):
+        for index, kind in enumerate(("executor", "environment")):
             reply = self.register(kind=kind)
             self.assertEqual(reply.status, 200, kind)
             self.assertEqual(list(reply.json), ["id", "executor_id", "environment_id", "url"])
@@ -1127,7 +1128,7 @@ class CloudRegisterTests(ReplyAssertions):
             )
             self.assertTrue(url.startswith(f"ws://gw.test/codex-exec/{EXE}?token="), url)
             ticket = self.ticket_of(url)
-            self.assertEqual(ticket.split(".")[1], str(NOW + 300))
+            self.assertEqual(ticket.split(".")[1], str(NOW + 300 + index))
             tokens.verify_ws_ticket(
                 Secret(SHARED_SECRET.encode()), ticket, EXE, NOW + 299, UsedTickets()
             )
@@ -1233,6 +1234,17 @@ class CloudRegisterTests(ReplyAssertions):
         ]
         self.assertTrue(url.startswith("wss://codex-exec.example.com" + prefix), url)
 
+    def test_same_second_registrations_get_distinct_tickets(self) -> None:
+        """
+        Three registrations of one executor within one second get three different tickets (the
+        expiry moves on a second each time), and each connects once.
+        """
+        tickets = [self.ticket_of(self.register().json["url"]) for _ in range(3)]
+        self.assertEqual([t.split(".")[1] for t in tickets], [str(NOW + 300 + i) for i in range(3)])
+        for ticket in tickets:
+            reply = self.gw.fetch("GET", f"/codex-exec/{EXE}?token={ticket}", [])
+            self.assertEqual(reply.body, b"upgraded")
+
     def test_ticket_ttl(self) -> None:
         """
         The ticket expires C{CXG_WS_TICKET_TTL} after registration.
@@ -1328,6 +1340,17 @@ class InboundTests(ReplyAssertions):
         self.assertEqual(self.reasons(), ["ticket_replayed"])
         self.assertEqual(self.gw.store.calls, [])
         self.assertEqual(self.gw.pool.calls, 0)  # type: ignore[attr-defined]
+
+    def test_head_does_not_consume_a_ticket(self) -> None:
+        """
+        HEAD (which the router allows wherever GET is) is refused with 405 and leaves the ticket
+        usable; HEAD on C{/bridge} is refused too.
+        """
+        ticket = self.ticket()
+        for path in (f"/codex-exec/{EXE}?token={ticket}", f"/bridge/{EXE}"):
+            sent = self.gw.send("HEAD", path, [], None)
+            self.assertTrue(sent.transport.value().startswith(b"HTTP/1.1 405 "), path)
+        self.assertEqual(self.dial(f"?token={ticket}").body, b"upgraded")
 
     def test_bad_tickets(self) -> None:
         """
