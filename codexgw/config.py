@@ -4,7 +4,13 @@ Configuration values shared by every codexgw program: the C{CXG_*} rules of the 
 Every program reads its configuration from environment variables, validates them in a fixed order and
 stops at the first failure with a L{ConfigError} whose message names the variable and the rule it broke
 (C{delivery.md} §3). The parsers here implement the common rules of C{exec-gateway.md} §2 once, so a
-variable read by several programs has the same meaning and the same messages everywhere.
+variable read by several programs has the same meaning and the same messages everywhere; L{Variable}
+and L{load_variables} let each program keep its table as data that drives both validation (in table
+order) and documentation.
+
+A row may carry a cross-row L{Variable.check} (the app gateway's S3 bucket is required only with an
+endpoint), run right after the row with every value parsed so far, so such a rule fails at its own
+row's position in the validation order.
 
 Decision where the spec is silent: durations are returned as float seconds (what Twisted's clock
 takes); a value that is only white space is not treated as empty (values are never trimmed).
@@ -14,8 +20,9 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Mapping
-from typing import Final
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any, Final
 
 #: Secrets shorter than this many bytes are refused.
 MIN_SECRET_BYTES: Final = 32
@@ -141,3 +148,68 @@ def parse_url(name: str, raw: str, schemes: tuple[str, ...]) -> str:
     if not raw.startswith(schemes):
         raise ConfigError(f'{name} must use {" or ".join(schemes)} scheme, got "{raw}"')
     return raw[:-1] if raw.endswith("/") else raw
+
+
+#: A row's parser: C{(name, raw)} → value, or L{ConfigError}.
+Parser = Callable[[str, str], object]
+#: A row's cross-row rule: the values parsed so far (this row's included) → nothing, or
+#: L{ConfigError}.
+Check = Callable[[Mapping[str, Any]], None]
+
+
+@dataclass(frozen=True)
+class Variable:
+    """
+    One row of the configuration table.
+
+    @ivar name: the environment variable.
+    @ivar default: the value used when unset or empty, as written in the table; C{None} when the
+        setting is then absent (its attribute is C{None}) or required.
+    @ivar required: whether an unset or empty value is an error (C{<NAME> is required}).
+    @ivar description: the row's rule and meaning, for the documentation.
+    @ivar parse: turns C{(name, raw)} into the attribute's value or raises L{ConfigError}.
+    @ivar check: a rule involving earlier rows, run after this row is parsed (or found unset).
+    """
+
+    name: str
+    default: str | None
+    required: bool
+    description: str
+    parse: Parser
+    check: Check | None = None
+
+    @property
+    def attribute(self) -> str:
+        """
+        The configuration attribute that holds this row's value.
+        """
+        return self.name.removeprefix("CXG_").lower()
+
+
+def load_variables(environ: Mapping[str, str], variables: Iterable[Variable]) -> dict[str, Any]:
+    """
+    Validate C{variables} in order against C{environ}; an empty value is the same as unset, and a
+    default goes through the same parser as a set value.
+
+    @return: each row's attribute mapped to its value (C{None} for unset optional rows).
+    @raise ConfigError: at the first row that fails.
+    """
+    values: dict[str, Any] = {}
+    for variable in variables:
+        raw = get(environ, variable.name) or variable.default
+        if raw is None:
+            if variable.required:
+                raise ConfigError(f"{variable.name} is required")
+            values[variable.attribute] = None
+        else:
+            values[variable.attribute] = variable.parse(variable.name, raw)
+        if variable.check is not None:
+            variable.check(values)
+    return values
+
+
+def documentation(variables: Iterable[Variable]) -> tuple[tuple[str, str | None, bool, str], ...]:
+    """
+    The table for documentation: C{(name, default, required, description)} per row, in order.
+    """
+    return tuple((v.name, v.default, v.required, v.description) for v in variables)

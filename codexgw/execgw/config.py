@@ -22,14 +22,17 @@ Decisions where the spec is silent:
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Final, Literal
+from typing import Final, Literal
 
 from codexgw.config import (
     ConfigError,
+    Parser,
     Secret,
-    get,
+    Variable,
+    documentation,
+    load_variables,
     parse_duration,
     parse_integer,
     parse_secret,
@@ -47,36 +50,6 @@ _HTTP: Final = ("http://", "https://")
 _WS: Final = ("ws://", "wss://")
 #: What C{CXG_RELAY_MAX_PER_WORKSPACE} means when unset or ≤ 0.
 DEFAULT_RELAY_MAX_PER_WORKSPACE: Final = 16
-
-#: A row's parser: C{(name, raw)} → value, or L{ConfigError}.
-Parser = Callable[[str, str], object]
-
-
-@dataclass(frozen=True)
-class Variable:
-    """
-    One row of the configuration table.
-
-    @ivar name: the environment variable.
-    @ivar default: the value used when unset or empty, as written in the table; C{None} when the
-        setting is then absent (its attribute is C{None}) or required.
-    @ivar required: whether an unset or empty value is an error (C{<NAME> is required}).
-    @ivar description: the row's rule and meaning, for the documentation.
-    @ivar parse: turns C{(name, raw)} into the attribute's value or raises L{ConfigError}.
-    """
-
-    name: str
-    default: str | None
-    required: bool
-    description: str
-    parse: Parser
-
-    @property
-    def attribute(self) -> str:
-        """
-        The L{ExecGatewayConfig} attribute that holds this row's value.
-        """
-        return self.name.removeprefix("CXG_").lower()
 
 
 def _integer(minimum: int | None = None, maximum: int | None = None) -> Parser:
@@ -212,9 +185,7 @@ VARIABLES: Final[tuple[Variable, ...]] = (
 )  # fmt: skip
 
 #: The table for documentation: C{(name, default, required, description)} per row, in table order.
-CONFIG_VARIABLES: Final[tuple[tuple[str, str | None, bool, str], ...]] = tuple(
-    (v.name, v.default, v.required, v.description) for v in VARIABLES
-)
+CONFIG_VARIABLES: Final[tuple[tuple[str, str | None, bool, str], ...]] = documentation(VARIABLES)
 
 
 @dataclass(frozen=True)
@@ -264,19 +235,6 @@ class ExecGatewayConfig:
         return f"tcp:{self.port}"
 
 
-def _load(environ: Mapping[str, str], variables: Iterable[Variable]) -> dict[str, Any]:
-    values: dict[str, Any] = {}
-    for variable in variables:
-        raw = get(environ, variable.name) or variable.default
-        if raw is None:
-            if variable.required:
-                raise ConfigError(f"{variable.name} is required")
-            values[variable.attribute] = None
-        else:
-            values[variable.attribute] = variable.parse(variable.name, raw)
-    return values
-
-
 def load_store_config(environ: Mapping[str, str]) -> tuple[str, int]:
     """
     Validate only the store's rows (for C{codexgw migrate}), with the same rules and defaults.
@@ -285,7 +243,7 @@ def load_store_config(environ: Mapping[str, str]) -> tuple[str, int]:
     @raise ConfigError: at the first row that fails.
     """
     names = ("CXG_DATABASE_URL", "CXG_DATABASE_POOL_SIZE")
-    values = _load(environ, [v for v in VARIABLES if v.name in names])
+    values = load_variables(environ, [v for v in VARIABLES if v.name in names])
     return values["database_url"], values["database_pool_size"]
 
 
@@ -296,7 +254,7 @@ def load_config(environ: Mapping[str, str]) -> ExecGatewayConfig:
     @param environ: the process environment (or a test's dictionary).
     @raise ConfigError: at the first row that fails, with the message of §2.
     """
-    values = _load(environ, VARIABLES)
+    values = load_variables(environ, VARIABLES)
     sdk_mode: SdkMode = "disabled"
     if values["agentserver_internal_url"] is not None:
         sdk_mode = "remote"

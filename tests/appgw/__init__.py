@@ -1,0 +1,3 @@
+"""
+Tests for L{codexgw.appgw}, the app gateway, module by module.
+"""
