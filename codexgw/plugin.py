@@ -2,9 +2,11 @@
 The C{twist} plugins' shared parts: option parsing that validates configuration before anything
 listens (C{delivery.md} §3).
 
-Each plugin's options load its service's configuration from the environment in C{postOptions}; the
-first failure prints C{config: <message>} on stderr and exits with status 64, so C{twist} never
-starts a half-configured service. A configuration's C{log_level} (C{CXG_LOG_LEVEL}) becomes twist's
+Each plugin's options load its service's configuration in C{postOptions} — from the environment
+(L{ServiceOptions}, which adds C{--listen}) or from options of its own and the environment (a
+L{ConfigOptions} subclass overriding C{load_config}, as the executor does); the first failure prints
+C{config: <message>} on stderr and exits with status 64, so C{twist} never starts a half-configured
+service. A configuration's C{log_level} (C{CXG_LOG_LEVEL}) becomes twist's
 log level unless C{twist --log-level} chose a level other than the default.
 """
 
@@ -27,25 +29,34 @@ from codexgw.config import ConfigError
 _Config = TypeVar("_Config")
 
 
-class ServiceOptions(usage.Options, Generic[_Config]):
+class ConfigOptions(usage.Options, Generic[_Config]):
     """
-    C{twist} options of one service: C{--listen}, plus the configuration read from C{CXG_*}.
+    C{twist} options of one program whose configuration is validated while the options are parsed.
+
+    A subclass declares its own C{optParameters} (C{usage.Options} gathers them along the class
+    hierarchy, so this base declares none) and either sets C{load} (configuration from the environment
+    only) or overrides L{load_config} (configuration from its options and the environment).
 
     @ivar config: the validated configuration, after parsing.
     """
 
-    optParameters = [  # noqa: RUF012 (usage.Options reads this class attribute)
-        ["listen", None, None, "Twisted server endpoint to listen on (overrides CXG_PORT)."],
-    ]
     load: Callable[[dict[str, str]], _Config]
     config: _Config
+
+    def load_config(self, environ: dict[str, str]) -> _Config:
+        """
+        Read and validate the configuration.
+
+        @raise ConfigError: at the first failure.
+        """
+        return type(self).load(environ)
 
     def postOptions(self) -> None:
         """
         Validate the configuration; exit 64 with C{config: <message>} on the first failure.
         """
         try:
-            self.config = type(self).load(dict(os.environ))
+            self.config = self.load_config(dict(os.environ))
         except ConfigError as e:
             sys.stderr.write(f"config: {e}\n")
             sys.stderr.flush()
@@ -64,8 +75,21 @@ class ServiceOptions(usage.Options, Generic[_Config]):
             parent["logLevel"] = LogLevel.levelWithName(level)
 
 
+class ServiceOptions(ConfigOptions[_Config]):
+    """
+    C{twist} options of one listening service: C{--listen}, plus the configuration read from C{CXG_*}.
+    """
+
+    optParameters = [  # noqa: RUF012 (usage.Options reads this class attribute)
+        ["listen", None, None, "Twisted server endpoint to listen on (overrides CXG_PORT)."],
+    ]
+
+
+_Options = TypeVar("_Options", bound=ConfigOptions[Any])
+
+
 @implementer(IServiceMaker, IPlugin)
-class ServiceMaker(Generic[_Config]):
+class ServiceMaker(Generic[_Options]):
     """
     An C{IServiceMaker} built from a name, options and a function making the service.
     """
@@ -74,8 +98,8 @@ class ServiceMaker(Generic[_Config]):
         self,
         tapname: str,
         description: str,
-        options: type[ServiceOptions[_Config]],
-        make: Callable[[ServiceOptions[_Config]], IService],
+        options: type[_Options],
+        make: Callable[[_Options], IService],
     ) -> None:
         self.tapname = tapname
         self.description = description

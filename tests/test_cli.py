@@ -11,7 +11,9 @@ import socket
 import sqlite3
 import subprocess
 import sys
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -292,3 +294,203 @@ class MigrateTests(SynchronousTestCase):
             "config: CXG_DATABASE_URL: "
             'unsupported scheme "mysql" (want sqlite, postgres or postgresql)\n',
         )
+
+
+ADMIN = "a" * 40
+EXE_ID = "exe_0123"
+REG_TOKEN = "f" * 64
+
+
+class FakeAdminAPI:
+    """
+    The exec gateway's admin routes as C{executor register} calls them, recorded; answers are
+    C{(status, body)} by C{(method, path)}.
+    """
+
+    def __init__(self, answers: dict[tuple[str, str], tuple[int, bytes]] | None = None) -> None:
+        self.calls: list[tuple[str, str, dict[str, str], Any]] = []
+        self.answers = {
+            ("POST", "/api/codex-exec/register"): (
+                201,
+                json.dumps({"exe_id": EXE_ID, "registration_token": REG_TOKEN}).encode(),
+            ),
+            ("POST", "/api/codex-exec/workspaces/ws_a/executors"): (201, b'{"status":"ok"}'),
+            ("DELETE", f"/api/codex-exec/executors/{EXE_ID}"): (204, b""),
+            **(answers or {}),
+        }
+
+    def __call__(
+        self, method: str, url: str, headers: Mapping[str, str], body: bytes | None
+    ) -> tuple[int, bytes]:
+        """
+        Record one request and answer it.
+        """
+        path = url.removeprefix("http://gw:6060")
+        self.calls.append((method, path, dict(headers), json.loads(body) if body else None))
+        return self.answers[(method, path)]
+
+
+REGISTER = (
+    "executor", "register", "--gateway", "http://gw:6060/", "--user-id", "alice",
+    "--workspace", "ws_a", "--name", "laptop",
+)  # fmt: skip
+
+
+def register(
+    *extra: str, api: FakeAdminAPI | None = None, env: dict[str, str] | None = None
+) -> tuple[int, str, str, FakeAdminAPI]:
+    """
+    Run C{codexgw executor register} in-process against a fake admin API.
+    """
+    api = api or FakeAdminAPI()
+    out, err = io.StringIO(), io.StringIO()
+    environ = {"CXG_AGENTSERVER_INTERNAL_SECRET": ADMIN} if env is None else env
+    status = run([*REGISTER, *extra], environ, out, err, http=api)
+    return status, out.getvalue(), err.getvalue(), api
+
+
+class ExecutorRegisterTests(SynchronousTestCase):
+    """
+    C{codexgw executor register} (C{executor.md} §1).
+    """
+
+    def test_register_and_bind(self) -> None:
+        """
+        It registers (with the user and the name), binds to the workspace (description and default
+        flag included) and prints the exe id, the token and the command that starts the executor,
+        with the token in the environment, never on the executor's command line.
+        """
+        status, out, err, api = register("--description", "my box", "--default")
+        self.assertEqual(status, 0, err)
+        (m1, p1, h1, b1), (m2, p2, h2, b2) = api.calls
+        self.assertEqual((m1, p1, b1), ("POST", "/api/codex-exec/register", {"display_name": "laptop"}))
+        self.assertEqual((h1["X-Internal-Secret"], h1["X-User-Id"]), (ADMIN, "alice"))
+        self.assertEqual((m2, p2), ("POST", "/api/codex-exec/workspaces/ws_a/executors"))
+        self.assertEqual(
+            b2, {"exe_id": EXE_ID, "name": "laptop", "description": "my box", "is_default": True}
+        )
+        self.assertEqual(h2["X-Internal-Secret"], ADMIN)
+        self.assertEqual(
+            out.splitlines(),
+            [
+                f"exe_id: {EXE_ID}",
+                f"registration_token: {REG_TOKEN}",
+                f"command: CXG_EXECUTOR_TOKEN={REG_TOKEN} twist codexgw-executor "
+                f"--gateway http://gw:6060 --executor-id {EXE_ID}",
+            ],
+        )
+        self.assertIn("only this once", err)
+
+    def test_defaults(self) -> None:
+        """
+        Without C{--description} and C{--default}, the binding has an empty description and is not
+        the default.
+        """
+        _, _, _, api = register()
+        self.assertEqual(
+            api.calls[1][3], {"exe_id": EXE_ID, "name": "laptop", "description": "", "is_default": False}
+        )
+
+    def test_secret_rules(self) -> None:
+        """
+        C{CXG_AGENTSERVER_INTERNAL_SECRET} is checked like the services check it: exit 64, nothing
+        requested.
+        """
+        for env, message in (
+            ({}, "config: CXG_AGENTSERVER_INTERNAL_SECRET is required\n"),
+            (
+                {"CXG_AGENTSERVER_INTERNAL_SECRET": "x" * 31},
+                "config: CXG_AGENTSERVER_INTERNAL_SECRET must be at least 32 bytes\n",
+            ),
+        ):
+            status, out, err, api = register(env=env)
+            self.assertEqual((status, out, err, api.calls), (64, "", message, []))
+
+    def test_usage_errors(self) -> None:
+        """
+        A gateway that is not http(s), a bad workspace, an empty name or a missing option are usage
+        errors: exit 2.
+        """
+        for argv in (
+            [
+                "executor",
+                "register",
+                "--gateway",
+                "ws://gw",
+                "--user-id",
+                "u",
+                "--workspace",
+                "w",
+                "--name",
+                "n",
+            ],
+            [
+                "executor",
+                "register",
+                "--gateway",
+                "http://gw",
+                "--user-id",
+                "u",
+                "--workspace",
+                "a/b",
+                "--name",
+                "n",
+            ],
+            [
+                "executor",
+                "register",
+                "--gateway",
+                "http://gw",
+                "--user-id",
+                "u",
+                "--workspace",
+                "w",
+                "--name",
+                "",
+            ],
+            ["executor", "register", "--gateway", "http://gw", "--workspace", "w", "--name", "n"],
+            ["executor"],
+        ):
+            with self.subTest(argv=argv):
+                status, out, err = codexgw(*argv, env={"CXG_AGENTSERVER_INTERNAL_SECRET": ADMIN})
+                self.assertEqual((status, out), (2, ""))
+                self.assertTrue(err.startswith("codexgw: "), err)
+
+    def test_register_refused(self) -> None:
+        """
+        A refused registration exits 1 with the status and body; nothing is bound.
+        """
+        api = FakeAdminAPI({("POST", "/api/codex-exec/register"): (401, b"unauthorized\n")})
+        status, out, err, api = register(api=api)
+        self.assertEqual((status, out), (1, ""))
+        self.assertEqual(
+            err, "codexgw: executor register: POST /api/codex-exec/register: HTTP 401: unauthorized\n"
+        )
+        self.assertEqual(len(api.calls), 1)
+
+    def test_bind_refused(self) -> None:
+        """
+        A refused binding exits 1 and deletes the executor just registered.
+        """
+        api = FakeAdminAPI(
+            {("POST", "/api/codex-exec/workspaces/ws_a/executors"): (409, b'{"error":"bind failed"}')}
+        )
+        status, out, err, api = register(api=api)
+        self.assertEqual((status, out), (1, ""))
+        self.assertIn("HTTP 409", err)
+        self.assertEqual(api.calls[-1][:2], ("DELETE", f"/api/codex-exec/executors/{EXE_ID}"))
+
+    def test_unreachable(self) -> None:
+        """
+        A gateway that does not answer exits 1 with the error.
+        """
+
+        def refused(
+            method: str, url: str, headers: Mapping[str, str], body: bytes | None
+        ) -> tuple[int, bytes]:
+            raise ConnectionRefusedError("Connection refused")
+
+        out, err = io.StringIO(), io.StringIO()
+        status = run(list(REGISTER), {"CXG_AGENTSERVER_INTERNAL_SECRET": ADMIN}, out, err, http=refused)
+        self.assertEqual((status, out.getvalue()), (1, ""))
+        self.assertIn("Connection refused", err.getvalue())

@@ -141,7 +141,10 @@ class GatewayProcess:
     @ivar stderr: everything printed on stderr so far.
     @ivar returncode: the exit status once it exited (negative: killed by that signal).
     @ivar port: the bound port once started.
+    @cvar plugin: the twist plugin run (subclasses run other codexgw programs the same way).
     """
+
+    plugin: ClassVar[str] = "codexgw-exec"
 
     def __init__(
         self,
@@ -169,7 +172,7 @@ class GatewayProcess:
         Start the process; its output is collected from now on.
         """
         self.cwd.mkdir(parents=True, exist_ok=True)
-        command = [twist_executable(), "--log-format=json", "codexgw-exec", *self.args]
+        command = [twist_executable(), "--log-format=json", self.plugin, *self.args]
         self.process = subprocess.Popen(
             command,
             cwd=self.cwd,

@@ -4,5 +4,6 @@ plugin namespace).
 """
 
 from codexgw.execgw.plugin import exec_gateway_maker
+from codexgw.executor.plugin import executor_maker
 
-__all__ = ["exec_gateway_maker"]
+__all__ = ["exec_gateway_maker", "executor_maker"]
