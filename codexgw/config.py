@@ -213,3 +213,19 @@ def documentation(variables: Iterable[Variable]) -> tuple[tuple[str, str | None,
     The table for documentation: C{(name, default, required, description)} per row, in order.
     """
     return tuple((v.name, v.default, v.required, v.description) for v in variables)
+
+
+def secret_row(name: str, raw: str) -> Secret:
+    """
+    A table row's parser for a secret: L{parse_secret} of a value that is set.
+    """
+    secret = parse_secret({name: raw}, name)
+    assert secret is not None  # required=True and raw is not empty
+    return secret
+
+
+def url_row(*schemes: str) -> Parser:
+    """
+    A table row's parser for a URL with one of C{schemes} (one trailing C{/} removed).
+    """
+    return lambda name, raw: parse_url(name, raw, schemes)

@@ -64,14 +64,13 @@ from codexgw.appgw.loopback import is_loopback_address
 from codexgw.appgw.storeconfig import STORE_VARIABLES, ObjectStoreConfig
 from codexgw.config import (
     ConfigError,
-    Parser,
     Secret,
     Variable,
     documentation,
     load_variables,
     parse_duration,
-    parse_secret,
-    parse_url,
+    secret_row,
+    url_row,
 )
 
 #: The values of C{CXG_LOG_LEVEL} after normalisation.
@@ -209,16 +208,6 @@ def find_env_mcp_command(executable: str, search_path: str | None) -> str | None
     return None if found is None else os.path.abspath(found)
 
 
-def _secret(name: str, raw: str) -> Secret:
-    secret = parse_secret({name: raw}, name)
-    assert secret is not None  # required=True and raw is not empty
-    return secret
-
-
-def _url(*schemes: str) -> Parser:
-    return lambda name, raw: parse_url(name, raw, schemes)
-
-
 def _duration(name: str, raw: str) -> float:
     return parse_duration(name, raw)
 
@@ -314,29 +303,29 @@ def variables(search_path: str | None = None, executable: str = sys.executable) 
         Variable("CXG_EXEC_GATEWAY_URL", None, True,
                  "URL `ws://`/`wss://` of the exec gateway; env-mcp's bridge base is this plus "
                  "`/bridge`.",
-                 _url(*_WS)),
+                 url_row(*_WS)),
         Variable("CXG_EXEC_GATEWAY_INTERNAL_URL", None, True,
                  "URL `http://`/`https://` of the exec gateway's internal API.",
-                 _url(*_HTTP)),
+                 url_row(*_HTTP)),
         Variable("CXG_EXEC_GATEWAY_INTERNAL_SECRET", None, True,
                  "Secret ≥ 32 bytes; the exec gateway's `CXG_INTERNAL_SHARED_SECRET`, sent as "
                  "`Authorization: Bearer`.",
-                 _secret),
+                 secret_row),
         Variable("CXG_CAPTOKEN_HMAC_SECRET", None, True,
                  "Secret ≥ 32 bytes; signs cap tokens (the exec gateway's value).",
-                 _secret),
+                 secret_row),
         Variable("CXG_AGENTSERVER_INTERNAL_URL", None, False,
                  "URL `http://`/`https://`. Set → TUI bearers are verified by agentserver and the "
                  "per-workspace LLM token is fetched; unset → HMAC inbound tokens.",
-                 _url(*_HTTP)),
+                 url_row(*_HTTP)),
         Variable("CXG_AGENTSERVER_INTERNAL_SECRET", None, False,
                  "Secret ≥ 32 bytes; required when `CXG_AGENTSERVER_INTERNAL_URL` is set. Sent as "
                  "`X-Internal-Secret`; also what `POST /api/turns` callers present.",
-                 _secret, _agentserver_secret_required),
+                 secret_row, _agentserver_secret_required),
         Variable("CXG_INBOUND_HMAC_SECRET", None, False,
                  "Secret ≥ 32 bytes; required when `CXG_AGENTSERVER_INTERNAL_URL` is unset (HMAC "
                  "inbound tokens), ignored with a warning when it is set.",
-                 _secret, _inbound_secret_required),
+                 secret_row, _inbound_secret_required),
         *STORE_VARIABLES,
         Variable("CXG_IDLE_SHUTDOWN", "30m", False,
                  "Duration; an app-server without activity for this long is stopped; `0` disables "

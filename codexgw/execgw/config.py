@@ -35,8 +35,8 @@ from codexgw.config import (
     load_variables,
     parse_duration,
     parse_integer,
-    parse_secret,
-    parse_url,
+    secret_row,
+    url_row,
 )
 from codexgw.execgw.dburl import DatabaseURL, parse_database_url
 
@@ -77,16 +77,6 @@ def _ping_interval(name: str, raw: str) -> float:
     return value
 
 
-def _secret(name: str, raw: str) -> Secret:
-    secret = parse_secret({name: raw}, name)
-    assert secret is not None  # required=True and raw is not empty
-    return secret
-
-
-def _url(*schemes: str) -> Parser:
-    return lambda name, raw: parse_url(name, raw, schemes)
-
-
 def _database_url(name: str, raw: str) -> str:
     parse_database_url(raw, name)
     return raw
@@ -120,32 +110,32 @@ VARIABLES: Final[tuple[Variable, ...]] = (
              _integer(1, 64)),
     Variable("CXG_CAPTOKEN_HMAC_SECRET", None, True,
              "Secret ≥ 32 bytes; verifies cap tokens and signs the SDK layer's own cap tokens.",
-             _secret),
+             secret_row),
     Variable("CXG_INTERNAL_SHARED_SECRET", None, True,
              "Secret ≥ 32 bytes; Bearer for `/api/exec-gateway/*`; HMAC key of ws tickets.",
-             _secret),
+             secret_row),
     Variable("CXG_AGENTSERVER_INTERNAL_SECRET", None, True,
              "Secret ≥ 32 bytes; `X-Internal-Secret` for `/api/codex-exec/*`; sent to agentserver on "
              "proxy-token validation.",
-             _secret),
+             secret_row),
     Variable("CXG_AGENTSERVER_INTERNAL_URL", None, False,
              "URL `http://`/`https://`. When set, SDK proxy tokens are validated remotely.",
-             _url(*_HTTP)),
+             url_row(*_HTTP)),
     Variable("CXG_INBOUND_HMAC_SECRET", None, False,
              "Secret ≥ 32 bytes. When set and `CXG_AGENTSERVER_INTERNAL_URL` is unset, SDK bearer "
              "tokens are verified locally as inbound HMAC tokens.",
-             _secret),
+             secret_row),
     Variable("CXG_PUBLIC_WS_BASE_URL", None, False,
              "URL `ws://`/`wss://`, e.g. `wss://codex-exec.example.com`; base of the `url` returned by "
              "executor registration.",
-             _url(*_WS)),
+             url_row(*_WS)),
     Variable("CXG_SELF_HTTP_BASE_URL", None, False,
              "URL `http://`/`https://`; how the SDK layer reaches this process's own `/bridge`.",
-             _url(*_HTTP)),
+             url_row(*_HTTP)),
     Variable("CXG_PUBLIC_HTTPS_BASE_URL", None, False,
              "URL `http://`/`https://`, reachable from executors. Set = byte relay enabled; base of "
              "relay upload/download URLs.",
-             _url(*_HTTP)),
+             url_row(*_HTTP)),
     Variable("CXG_RELAY_DEFAULT_TTL", "5m", False,
              "Duration > 0; relay ticket lifetime when `ttl_seconds` is absent or ≤ 0.",
              _positive_duration),

@@ -24,8 +24,10 @@ from typing import Any, cast
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
 from autobahn.util import encode_truncate
 from autobahn.websocket.protocol import WebSocketProtocol
-from twisted.internet.interfaces import IDelayedCall, IPushProducer, IReactorTime
+from twisted.internet.interfaces import IPushProducer
 from zope.interface import Attribute, Interface, implementer
+
+from codexgw.autobahntimers import ReactorTimer
 
 #: Close code of a normal closure.
 CLOSE_NORMAL = 1000
@@ -285,7 +287,7 @@ class FrameFactory(WebSocketServerFactory):
         super().__init__(reactor=reactor)  # None: the global reactor
         # Autobahn schedules its timeouts and pings through txaio's batched timer, which always uses
         # the global reactor; put them on ours.
-        self._batched_timer = _ReactorTimer(self.reactor)
+        self._batched_timer = ReactorTimer(self.reactor)
         self.make_receiver = make_receiver
         self.setProtocolOptions(
             maxFramePayloadSize=max_frame_bytes,
@@ -304,31 +306,6 @@ class FrameFactory(WebSocketServerFactory):
             trustXForwardedFor=0,
             allowedOrigins=["*"],  # machine-to-machine endpoints; no ambient credentials exist
         )
-
-
-class _ReactorTimer:
-    """
-    The C{call_later} Autobahn's protocols use for their timers, on a given reactor.
-    """
-
-    def __init__(self, reactor: IReactorTime) -> None:
-        self._reactor = reactor
-
-    def call_later(self, delay: float, func: Callable[..., object], *args: Any, **kwargs: Any) -> _Timer:
-        return _Timer(self._reactor.callLater(delay, func, *args, **kwargs))
-
-
-class _Timer:
-    """
-    A delayed call whose C{cancel} is harmless once it ran or was cancelled (as Autobahn expects).
-    """
-
-    def __init__(self, call: IDelayedCall) -> None:
-        self._call = call
-
-    def cancel(self) -> None:
-        if self._call.active():
-            self._call.cancel()
 
 
 def _peer_text(transport: Any) -> str:

@@ -29,7 +29,6 @@ Decisions where the spec is silent:
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any, Final
 
 from autobahn.twisted.websocket import WebSocketClientFactory, WebSocketClientProtocol
@@ -38,11 +37,12 @@ from autobahn.websocket.protocol import WebSocketProtocol
 from autobahn.websocket.util import parse_url
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
-from twisted.internet.interfaces import IDelayedCall, IPushProducer, IReactorTime, IStreamClientEndpoint
+from twisted.internet.interfaces import IPushProducer, IStreamClientEndpoint
 from twisted.internet.ssl import optionsForClientTLS
 from twisted.logger import Logger
 from zope.interface import implementer
 
+from codexgw.autobahntimers import ReactorTimer
 from codexgw.executor.multiplexer import MAX_MESSAGE_BYTES, IRelayLink, IRelayLinkReceiver
 
 #: Seconds between the executor's own pings, and without traffic after one before giving up.
@@ -205,7 +205,7 @@ class RelayLinkFactory(WebSocketClientFactory):
         """
         super().__init__(url=url, useragent=user_agent, reactor=reactor)
         # Autobahn schedules its timers through txaio, which always uses the global reactor.
-        self._batched_timer = _ReactorTimer(reactor)
+        self._batched_timer = ReactorTimer(reactor)
         self.receiver = receiver
         self.opened: Deferred[RelayLink] = Deferred()
         self.link: RelayLink | None = None
@@ -309,34 +309,3 @@ def buffered_bytes(transport: Any) -> int | None:
         except (AttributeError, TypeError):
             transport = getattr(transport, "transport", None)
     return None
-
-
-class _ReactorTimer:
-    """
-    The C{call_later} Autobahn's protocols use for their timers, on a given reactor.
-    """
-
-    def __init__(self, reactor: IReactorTime) -> None:
-        self._reactor = reactor
-
-    def call_later(self, delay: float, func: Callable[..., object], *args: Any, **kwargs: Any) -> _Timer:
-        """
-        Schedule C{func} on the reactor after C{delay} seconds.
-        """
-        return _Timer(self._reactor.callLater(delay, func, *args, **kwargs))
-
-
-class _Timer:
-    """
-    A delayed call whose C{cancel} is harmless once it ran or was cancelled (as Autobahn expects).
-    """
-
-    def __init__(self, call: IDelayedCall) -> None:
-        self._call = call
-
-    def cancel(self) -> None:
-        """
-        Cancel the call if it is still pending.
-        """
-        if self._call.active():
-            self._call.cancel()
