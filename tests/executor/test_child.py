@@ -619,7 +619,9 @@ class RealChildTests(TestCase):
         h.child.kill_group()
         await h.receiver.wait(lambda: bool(h.receiver.exits), "exit")
         self.assertEqual(h.receiver.exits, [137])
-        self.assertEqual([info for info in commands if alive(info)], [])
+        # SIGKILL is delivered asynchronously: on a busy machine a killed process can still be
+        # listed as running for a moment after the signal was sent.
+        await _eventually(lambda: not any(alive(info) for info in commands), "every command dead")
 
 
 def _cmdline(pid: int) -> bytes:
