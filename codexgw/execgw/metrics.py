@@ -9,23 +9,18 @@ Decisions where the spec is silent:
  - Labels whose values the spec enumerates are created up front at 0, so every series is visible (and
    rates are right) before the first event: C{outcome}, C{cause}, C{direction}, C{where}/C{why} and the
    relay outcomes of C{relay.finished}. C{route}, C{status} and C{op} appear as they are used.
- - The C{_created} series prometheus_client adds to counters and histograms are left out of the
-   exposition: they are not in §10.2, and turning them off through prometheus_client's switch would
-   change every registry in the process.
+ - The C{_created} series are left out of the exposition (L{codexgw.prometheus}).
  - C{cxg_exec_store_seconds} uses prometheus_client's default buckets (5 ms … 10 s), which cover the
    store deadlines of 2 s and 5 s.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from typing import Final
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from prometheus_client.metrics_core import Metric
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-#: Content type of L{ExecMetrics.render}'s bytes (§4.1).
-CONTENT_TYPE: Final = "text/plain; version=0.0.4; charset=utf-8"
+from codexgw.prometheus import render
 
 #: C{cxg_exec_inbound_connections_total{outcome}}.
 INBOUND_OUTCOMES: Final = ("accepted", "unauthorized", "error")
@@ -68,21 +63,6 @@ FRAME_DROPS: Final = (
 )
 #: C{cxg_exec_relays_total{outcome}}: the outcomes of C{relay.finished}.
 RELAY_OUTCOMES: Final = ("ok", "timeout", "error", "abandoned")
-
-
-class _WithoutCreated:
-    """
-    A collector showing another collector's metrics without their C{_created} samples.
-    """
-
-    def __init__(self, registry: CollectorRegistry) -> None:
-        self._registry = registry
-
-    def collect(self) -> Iterable[Metric]:
-        for metric in self._registry.collect():
-            # collect() builds fresh Metric objects on every call, so filtering them in place is safe.
-            metric.samples = [s for s in metric.samples if s.name != metric.name + "_created"]
-            yield metric
 
 
 class ExecMetrics:
@@ -166,4 +146,4 @@ class ExecMetrics:
         """
         Return the text exposition of every metric and its content type, for C{GET /metrics}.
         """
-        return generate_latest(_WithoutCreated(self.registry)), CONTENT_TYPE
+        return render(self.registry)

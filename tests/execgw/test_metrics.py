@@ -9,7 +9,8 @@ from prometheus_client import REGISTRY
 from prometheus_client.parser import text_string_to_metric_families
 from twisted.trial.unittest import SynchronousTestCase
 
-from codexgw.execgw.metrics import CONTENT_TYPE, ExecMetrics
+from codexgw.execgw.metrics import ExecMetrics
+from codexgw.prometheus import CONTENT_TYPE
 
 # metric → (type, label names), exactly as the table of §10.2 (exposition names).
 TABLE = {
