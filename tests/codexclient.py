@@ -370,6 +370,8 @@ class AppServerConnection(WebSocketClientProtocol):
     @ivar opened: fires with this connection once the websocket handshake is done; fails when the
         connection closes before that.
     @ivar closed: fires once the websocket has closed.
+    @ivar close_code: the close code received (or Autobahn's local one), once closed.
+    @ivar close_reason: the close reason, once closed.
     """
 
     def __init__(self) -> None:
@@ -382,6 +384,8 @@ class AppServerConnection(WebSocketClientProtocol):
         self.answer: ServerRequestAnswer = approve_everything
         self.opened: Deferred[AppServerConnection] = Deferred()
         self.closed: Deferred[None] = Deferred()
+        self.close_code: int | None = None
+        self.close_reason: str | None = None
         self._next_id = 1
         self._pending: dict[int, Deferred[object]] = {}
         self._waiters: list[tuple[str, Callable[[JSONObject], bool], Deferred[JSONObject]]] = []
@@ -428,6 +432,7 @@ class AppServerConnection(WebSocketClientProtocol):
         @param code: the close code, if any.
         @param reason: the close reason, if any.
         """
+        self.close_code, self.close_reason = code, reason
         error = ConnectionClosed(f"websocket closed (clean={wasClean}, code={code}, reason={reason})")
         if not self.opened.called:
             self.opened.errback(error)
@@ -559,15 +564,18 @@ class AppServerConnection(WebSocketClientProtocol):
                 waiting.callback(params)
 
 
-def connect_app_server(reactor: IReactorTCP, url: str) -> Deferred[AppServerConnection]:
+def connect_app_server(
+    reactor: IReactorTCP, url: str, headers: Mapping[str, str] | None = None
+) -> Deferred[AppServerConnection]:
     """
-    Open a websocket to codex app-server.
+    Open a websocket to codex app-server (or to the app gateway, which proxies it).
 
     @param reactor: the reactor to connect with.
-    @param url: the C{ws://127.0.0.1:PORT} address codex printed.
+    @param url: the C{ws://127.0.0.1:PORT} address codex printed (a path may follow).
+    @param headers: extra handshake headers (C{Authorization} for the gateway).
     @return: fires with the open connection.
     """
-    factory = WebSocketClientFactory(url)
+    factory = WebSocketClientFactory(url, headers=dict(headers or {}))
     factory.protocol = AppServerConnection
     # codex notifications can be large (whole turns); the rest is autobahn's defaults.
     factory.setProtocolOptions(

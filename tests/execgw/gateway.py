@@ -142,9 +142,11 @@ class GatewayProcess:
     @ivar returncode: the exit status once it exited (negative: killed by that signal).
     @ivar port: the bound port once started.
     @cvar plugin: the twist plugin run (subclasses run other codexgw programs the same way).
+    @cvar started_event: the log event announcing the bound C{port}.
     """
 
     plugin: ClassVar[str] = "codexgw-exec"
+    started_event: ClassVar[str] = "exec_gateway.started"
 
     def __init__(
         self,
@@ -220,7 +222,7 @@ class GatewayProcess:
 
     def _event(self, event: dict[str, Any]) -> None:
         self.events.append(event)
-        if event.get("event") == "exec_gateway.started":
+        if event.get("event") == self.started_event:
             self.port = int(event["port"])
         for waiter in list(self._event_waiters):
             predicate, d = waiter
@@ -282,6 +284,19 @@ class GatewayProcess:
         def matches(event: dict[str, Any]) -> bool:
             return event.get("event") == name and all(event.get(k) == v for k, v in fields.items())
 
+        return self.wait_for(matches, timeout, since, f"log event {name} {fields}")
+
+    def wait_for(
+        self,
+        matches: Callable[[dict[str, Any]], bool],
+        timeout: float = WAIT,
+        since: int = 0,
+        what: str = "log event",
+    ) -> Deferred[dict[str, Any]]:
+        """
+        Fire with the first log event (from index C{since} on) that C{matches}, including one
+        already printed.
+        """
         for event in self.events[since:]:
             if matches(event):
                 found: Deferred[dict[str, Any]] = Deferred()
@@ -289,7 +304,7 @@ class GatewayProcess:
                 return found
         if self.returncode is not None:
             failed: Deferred[dict[str, Any]] = Deferred()
-            failed.errback(GatewayFailed(f"gateway exited before {name}:\n{self.output}"))
+            failed.errback(GatewayFailed(f"gateway exited before {what}:\n{self.output}"))
             return failed
 
         def forget(d: Deferred[dict[str, Any]]) -> None:
@@ -297,7 +312,7 @@ class GatewayProcess:
 
         waiting: Deferred[dict[str, Any]] = Deferred(forget)
         self._event_waiters.append((matches, waiting))
-        return bounded(waiting, timeout, f"log event {name} {fields}")
+        return bounded(waiting, timeout, what)
 
     def named(self, name: str) -> list[dict[str, Any]]:
         """
@@ -311,7 +326,7 @@ class GatewayProcess:
         """
         self.spawn()
         try:
-            await self.wait_event("exec_gateway.started", timeout)
+            await self.wait_event(self.started_event, timeout)
         except BaseException:
             self.kill()
             raise
