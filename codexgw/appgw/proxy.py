@@ -642,7 +642,7 @@ class TUIProxyProtocol(WebSocketServerProtocol):
         else:
             self.factory.blocked(verdict.reason)
             log.info(
-                "rpc blocked",
+                "rpc blocked: {method} ({reason})",
                 workspace_id=self.workspace_id,
                 method=verdict.method,
                 reason=verdict.reason,
@@ -825,7 +825,7 @@ class TUIProxyProtocol(WebSocketServerProtocol):
         self.factory.connection_lost(self)
         if self._opened_at is not None:
             log.info(
-                "proxy ended",
+                "proxy ended: workspace {workspace_id}, close code {close_code}",
                 workspace_id=self.workspace_id,
                 duration=self.factory.reactor.seconds() - self._opened_at,
                 close_code=self.close_code,

@@ -389,7 +389,7 @@ class Supervisor:
         self._metrics.spawns.labels(result="ok").inc()
         self._metrics.spawn_seconds.observe(self._clock.seconds() - started)
         _log.info(
-            "app-server spawned",
+            "app-server spawned: workspace {workspace_id}, pid {pid}",
             workspace_id=workspace_id,
             pid=process.pid,
             ws_url=process.ws_url,
@@ -466,7 +466,7 @@ class Supervisor:
             return  # a stop in progress (or a failed spawn) handles it
         entry.state = "stopping"
         _log.warn(
-            "app-server exited unexpectedly",
+            "app-server exited unexpectedly: workspace {workspace_id}, pid {pid}, {exit_status}",
             workspace_id=entry.workspace_id,
             pid=process.pid,
             exit_status=status,
@@ -510,7 +510,12 @@ class Supervisor:
                     await process.exited()
             process.signal_group(signal.SIGKILL)
             self._metrics.exits.labels(reason=reason).inc()
-            _log.info("app-server stopped", workspace_id=workspace_id, pid=process.pid, reason=reason)
+            _log.info(
+                "app-server stopped: workspace {workspace_id} ({reason})",
+                workspace_id=workspace_id,
+                pid=process.pid,
+                reason=reason,
+            )
             await self._retire(entry, end)
 
         return self.locked(workspace_id, stop_locked)
@@ -565,7 +570,7 @@ class Supervisor:
         self._metrics.home_transfers.labels(op="upload", result="ok").inc()
         self._remove_quietly(home)
         self._records.remove(workspace_id)
-        _log.info("CODEX_HOME uploaded", workspace_id=workspace_id)
+        _log.info("CODEX_HOME uploaded: workspace {workspace_id}", workspace_id=workspace_id)
         return True
 
     def _upload(self, workspace_id: str) -> Deferred[None]:
@@ -615,7 +620,7 @@ class Supervisor:
                 continue
             if now - entry.last_activity < self._idle_shutdown:
                 continue
-            _log.info("idle reap", workspace_id=workspace_id)
+            _log.info("idle reap: workspace {workspace_id}", workspace_id=workspace_id)
             self.stop(workspace_id, "idle").addErrback(
                 _log_failure, "idle reap: subprocess shutdown failed", workspace_id
             )

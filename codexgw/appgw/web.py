@@ -14,6 +14,10 @@ Decisions where the spec is silent:
  - C{/internal/relay/create}: a body over 64 KiB is C{invalid JSON} too; ids must be non-empty
    strings; C{ttl_seconds} and C{max_bytes} are passed on as given (the exec gateway validates them).
  - C{/internal/connected}: an answer that is neither an array nor C{null} is a failure (500 C{list}).
+ - The bearer token is what L{bearer_token} reads: C{Bearer } with nothing after it (which arrives
+   as C{Bearer}, HTTP parsers drop trailing blanks) is an empty token that fails authentication
+   (401 C{unauthorized}, §7.1 step 3); bytes that are not UTF-8 reach the authenticator as
+   surrogate escapes (the RemoteVerifier refuses those without calling agentserver).
 """
 
 from __future__ import annotations
@@ -43,6 +47,7 @@ from codexgw.appgw.loopback import GateRefusal, LoopbackGate, LoopbackGrant
 from codexgw.appgw.metrics import AppMetrics
 from codexgw.appgw.proxy import TUIProxyFactory
 from codexgw.httpio import (
+    bearer_token,
     body_exceeds,
     json_error,
     json_response,
@@ -161,10 +166,9 @@ class AppGatewayRoutes:
         origin = request.getHeader(b"Origin")
         if origin is not None and not self.config.origin_allowed(origin.decode("latin-1")):
             return text_response(request, 403, "origin not allowed")
-        raw = request.getHeader(b"Authorization")
-        if raw is None or not raw.startswith(b"Bearer "):
+        token = bearer_token(request)
+        if token is None:
             return text_response(request, 401, "missing Bearer")
-        token = raw[len(b"Bearer ") :].decode("utf-8", "replace")
         session_id = ""
         try:
             if ISessionTracker.providedBy(self.authenticator):
@@ -256,7 +260,7 @@ class AppGatewayRoutes:
         try:
             answer = await self.exec_gateway.create_relay(grant.workspace_id, body)
         except ExecGatewayUnreachable as e:
-            return json_error(request, 502, f"exec gateway unreachable: {e}")
+            return json_error(request, 502, str(e))  # already "exec gateway unreachable: …"
         except Exception as e:
             return json_error(request, 502, f"exec gateway unreachable: {_describe(e)}")
         request.setResponseCode(answer.status)
