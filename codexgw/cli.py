@@ -5,7 +5,8 @@ Sub-commands are added by the issues that build what they drive; today: C{token 
 which mint tokens from the configured secrets for operators and tests, C{migrate}, which brings the
 exec gateway's database schema up to date, and C{executor register} (C{executor.md} §1), which
 registers an executor with the exec gateway's admin API, binds it to a workspace and prints how to
-start it.
+start it. C{env-mcp} (the stdio MCP server codex starts, C{app-gateway.md} §9) is dispatched to
+L{codexgw.envmcp.cli} before this parser sees the command line: it has its own usage and exit rules.
 
 Exit statuses: 0 success (stdout is exactly the token and a newline); 2 usage error (stderr
 C{codexgw: <error>}); 64 configuration error (stderr C{config: <message>}, nothing on stdout); 1 store
@@ -200,6 +201,11 @@ def run(
 
     @param http: how C{executor register} makes its requests (urllib by default).
     """
+    if list(argv[:1]) == ["env-mcp"]:
+        # Its own command line and exit rules (app-gateway.md §9.1); imported only when used.
+        from codexgw.envmcp.cli import main as env_mcp  # noqa: PLC0415
+
+        return env_mcp(argv[1:], environ, stderr)
     try:
         args = build_parser().parse_args(list(argv))
         if args.command == "migrate":
