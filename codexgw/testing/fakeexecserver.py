@@ -106,8 +106,8 @@ Decisions where the real exec-server could not be measured or the brief is silen
  - A C{process/read} with C{waitMs} above L{FakeExecServer.wait_limit_ms} (250 unless lifted) is
    answered like any other but logged as an error, so a trial test whose code sends one fails:
    that is how the unit suite proves that no envtools call waits longer (§10 criterion 2).
- - C{initialize}'s C{environmentInfo} has the real keys with this machine's values and no
-   C{prependPathDirs}.
+ - C{initialize}'s C{environmentInfo} has the real keys with this machine's values, an empty
+   C{prependPathDirs} and a dummy C{providerId}.
 
 Only tests import this module.
 """
