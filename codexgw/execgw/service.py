@@ -47,6 +47,8 @@ log = Logger()
 CLOSE_GRACE = 2.0
 #: How often shutdown looks whether the websockets and HTTP requests it waits for are done.
 SHUTDOWN_POLL = 0.05
+#: The requests whose bodies are streamed rather than kept: relay uploads.
+RELAY_UPLOADS = ((b"PUT", b"/relay/"),)
 
 
 def tracking_requests(
@@ -74,7 +76,8 @@ def make_site(
 ) -> Site:
     """
     The gateway's HTTP site: request headers within 10 s, TCP keepalive, idle connections closed
-    after 120 s, request bodies kept up to the largest limit of any route, an access log without
+    after 120 s, request bodies kept up to the largest limit of any route (except relay uploads, which
+    are processed as soon as their headers arrive and stream their body, §4.7), an access log without
     tokens, and (when C{in_flight} is given) every request tracked until it is answered.
     """
     site = GuardedSite(
@@ -83,7 +86,9 @@ def make_site(
         logFormatter=redacted_access_log((b"/relay/",)),
         reactor=reactor,
     )
-    requests = bounded_request(max(DEFAULT_MAX_BODY_BYTES, config.max_frame_bytes))
+    requests = bounded_request(
+        max(DEFAULT_MAX_BODY_BYTES, config.max_frame_bytes), streamed_routes=RELAY_UPLOADS
+    )
     site.requestFactory = requests if in_flight is None else tracking_requests(requests, in_flight)
     return site
 

@@ -1,6 +1,7 @@
 """
-The exec gateway's HTTP routes (C{exec-gateway.md} §3, §4.1–§4.6): health, metrics, executor
-registration, the admin and internal APIs, and the pre-upgrade checks of the two websocket routes.
+The exec gateway's HTTP routes (C{exec-gateway.md} §3, §4.1–§4.7): health, metrics, executor
+registration, the admin and internal APIs, the pre-upgrade checks of the two websocket routes, and the
+byte relay's create and transfer routes (the pairing itself is L{codexgw.execgw.relay}).
 
 Every check runs before a websocket upgrade and answers with a plain HTTP status, in the spec's order;
 only then is the request handed to Autobahn (L{FrameFactory}) with the relay logic the
@@ -9,7 +10,9 @@ route's 4xx body, a failing store the route's 500 body, and nothing returns a tr
 
 Decisions where the spec is silent: a failure of the store that the spec does not list for a route is
 answered like the route's listed store failure; path parameters are taken as Klein/werkzeug decode
-them (percent-decoded, one segment).
+them (percent-decoded, one segment). C{relay/create} checks the body size, then the shared secret, then
+whether the relay is enabled (so an unauthenticated caller learns nothing). C{HEAD /relay/<ticket>} is
+answered 405 (it must not claim the GET side).
 """
 
 from __future__ import annotations
@@ -35,6 +38,14 @@ from codexgw.execgw.inbound import InboundSession
 from codexgw.execgw.metrics import ExecMetrics
 from codexgw.execgw.passwords import TokenHasher, new_registration_token
 from codexgw.execgw.peer import FrameFactory, IFramePeer, IFrameReceiver
+from codexgw.execgw.relay import (
+    RELAY_DISABLED,
+    RelayRefused,
+    RelayRegistry,
+    RequestDownload,
+    RequestUpload,
+    create_relay,
+)
 from codexgw.execgw.store import BindConflict, ExecutorRecord, IStore, WorkspaceExecutor, utc_now
 from codexgw.execgw.switchboard import Switchboard
 from codexgw.execgw.timestamps import format_timestamp
@@ -97,6 +108,7 @@ class ExecGatewayRoutes:
     The route table of one exec gateway.
 
     @ivar app: the Klein application; C{app.resource()} is the site's root.
+    @ivar relays: the byte relay's registry, or C{None} when the relay is disabled.
     """
 
     app = Klein()
@@ -111,7 +123,11 @@ class ExecGatewayRoutes:
         clock: IReactorTime,
         used_tickets: tokens.IUsedTickets,
         reactor: Any = None,
+        relays: RelayRegistry | None = None,
     ) -> None:
+        """
+        @param relays: the relay registry to use; by default one is made when the relay is enabled.
+        """
         self.config = config
         self.store = store
         self.switchboard = switchboard
@@ -120,6 +136,15 @@ class ExecGatewayRoutes:
         self.clock = clock
         self.used_tickets = used_tickets
         self._reactor = reactor
+        if relays is None and config.public_https_base_url is not None:
+            relays = RelayRegistry(
+                clock,
+                config.public_https_base_url,
+                config.relay_default_ttl,
+                config.relay_max_per_workspace,
+                metrics,
+            )
+        self.relays = relays
 
     def _now(self) -> int:
         return int(self.clock.seconds())
@@ -585,6 +610,73 @@ class ExecGatewayRoutes:
         log.info("turn {turn_id} revoked", event="revoke.added", turn_id=turn_id, exp=exp)
         self.metrics.revoked_turns.set(len(self.switchboard.revoked))
         return empty_response(request)
+
+    @app.route("/api/exec-gateway/relay/create", methods=["POST"])
+    async def relay_create(self, request: IRequest) -> bytes:
+        """
+        Mint a relay ticket for two executors of one workspace.
+        """
+        if body_exceeds(request, DEFAULT_MAX_BODY_BYTES):
+            return json_error(request, 413, "request body too large")
+        token = bearer_token(request)
+        if token is None or not self._is_shared_secret(token):
+            return text_response(request, 401, "unauthorized")
+        if self.relays is None:
+            return json_error(request, 503, RELAY_DISABLED)
+        fields = {
+            "workspace_id": str,
+            "source_exe_id": str,
+            "dest_exe_id": str,
+            "ttl_seconds": int,
+            "max_bytes": int,
+        }
+        try:
+            body = read_json_object(read_body(request), fields)
+        except InvalidJSON:
+            return json_error(request, 400, "invalid JSON")
+        wid, source = body.get("workspace_id", ""), body.get("source_exe_id", "")
+        dest, ttl = body.get("dest_exe_id", ""), body.get("ttl_seconds", 0)
+        max_bytes = body.get("max_bytes", 0)
+        assert isinstance(wid, str) and isinstance(source, str) and isinstance(dest, str)
+        assert isinstance(ttl, int) and isinstance(max_bytes, int)
+        try:
+            grant = await create_relay(self.relays, self.store, wid, source, dest, ttl, max_bytes)
+        except RelayRefused as e:
+            if e.status == 500:
+                if _client_gone(request):
+                    return b""
+                cause = e.__cause__ if e.__cause__ is not None else e
+                self._store_failed(request, "owns_executor", cause)
+            return json_error(request, e.status, e.message)
+        return json_response(request, 201, grant.json())
+
+    # ---------------------------------------------------------------------------------------------
+    # 4.7 Byte relay
+
+    @app.route("/relay/<ticket>", methods=["PUT", "GET"])
+    def relay_transfer(self, request: IRequest, ticket: str) -> bytes | Deferred[None]:
+        """
+        One side of a relay: the upload (PUT) or the download (GET), after the pre-checks.
+        """
+        if request.method == b"HEAD":
+            return text_response(request, 405, "method not allowed")
+        if self.relays is None:
+            return text_response(request, 404, "relay disabled (no public HTTPS base URL configured)")
+        token = bearer_token(request)
+        if not token or not hmac.compare_digest(
+            token.encode("utf-8", "surrogateescape"), ticket.encode("utf-8", "surrogateescape")
+        ):
+            return text_response(request, 401, "unauthorized")
+        relay = self.relays.find(ticket)
+        if relay is None:
+            return text_response(request, 410, "ticket not found or expired")
+        if request.method == b"PUT":
+            upload = RequestUpload(request, relay)
+            relay.attach_upload(upload)
+            return upload.done
+        download = RequestDownload(request, relay, self.clock)
+        relay.attach_download(download)
+        return download.done
 
     # ---------------------------------------------------------------------------------------------
 
