@@ -9,7 +9,7 @@ import sys
 
 #: The benchmark modules; each runs as C{python -m bench.<name>} in a process of its own (a reactor
 #: cannot be restarted within one process).
-BENCHMARKS = ("bridge", "spawn")
+BENCHMARKS = ("bridge", "spawn", "relay", "turns")
 
 
 def main() -> int:
