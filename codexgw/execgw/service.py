@@ -30,6 +30,8 @@ from twisted.web.server import Site
 from codexgw.execgw.config import ExecGatewayConfig
 from codexgw.execgw.metrics import ExecMetrics
 from codexgw.execgw.passwords import TokenHasher
+from codexgw.execgw.sdk import SDKRoutes
+from codexgw.execgw.sdkauth import make_sdk_authenticator
 from codexgw.execgw.store import IStore, open_store
 from codexgw.execgw.switchboard import Switchboard
 from codexgw.execgw.web import ExecGatewayRoutes
@@ -120,6 +122,7 @@ class ExecGatewayService(Service):
         self.metrics = ExecMetrics()
         self.store: IStore | None = None
         self.switchboard: Switchboard | None = None
+        self.sdk: SDKRoutes | None = None
         self.port: IListeningPort | None = None
         self.started: Deferred[None] = Deferred()
         self._starting: Deferred[None] | None = None
@@ -158,9 +161,23 @@ class ExecGatewayService(Service):
             self.switchboard.used_tickets,
             reactor=self.reactor,
         )
+        authenticator = make_sdk_authenticator(config, self.reactor)
+        if authenticator is not None:
+            self.sdk = routes.sdk = SDKRoutes(
+                config,
+                self.store,
+                self.switchboard.registry,
+                self.metrics,
+                self.reactor,
+                authenticator,
+                relays=routes.relays,
+            )
         site = make_site(routes.app.resource(), config, self._in_flight)
         self.port = await serverFromString(self.reactor, self.endpoint).listen(site)
         self.switchboard.start()
+        if self.sdk is not None:
+            self.sdk.listening_on(self.port.getHost())
+            self.sdk.start()
         if config.sdk_mode == "disabled":
             log.warn(
                 "sdk REST surface disabled: neither CXG_AGENTSERVER_INTERNAL_URL nor "
@@ -219,6 +236,8 @@ class ExecGatewayService(Service):
             await deferLater(self.reactor, SHUTDOWN_POLL, lambda: None)
         for request in http_in_flight(self._in_flight):
             cast(Any, request.channel.transport).abortConnection()
+        if self.sdk is not None:
+            await self.sdk.stop()
         if self.store is not None:
             await self.store.close()
         log.info(

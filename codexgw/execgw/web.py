@@ -46,9 +46,9 @@ from codexgw.execgw.relay import (
     RequestUpload,
     create_relay,
 )
-from codexgw.execgw.store import BindConflict, ExecutorRecord, IStore, WorkspaceExecutor, utc_now
+from codexgw.execgw.sdk import SDKRoutes, connected_executor_object
+from codexgw.execgw.store import BindConflict, ExecutorRecord, IStore, utc_now
 from codexgw.execgw.switchboard import Switchboard
-from codexgw.execgw.timestamps import format_timestamp
 from codexgw.httpio import (
     DEFAULT_MAX_BODY_BYTES,
     InvalidJSON,
@@ -88,21 +88,6 @@ def with_deadline(d: Deferred[_T], seconds: float, clock: IReactorTime) -> Defer
     return d.addTimeout(seconds, clock)
 
 
-def connected_executor_json(binding: WorkspaceExecutor) -> dict[str, object]:
-    """
-    The ConnectedExecutor shape (§4.5): five keys in order, C{last_seen_at} omitted when null.
-    """
-    value: dict[str, object] = {
-        "exe_id": binding.exe_id,
-        "name": binding.name,
-        "description": binding.description,
-        "is_default": binding.is_default,
-    }
-    if binding.last_seen_at is not None:
-        value["last_seen_at"] = format_timestamp(binding.last_seen_at)
-    return value
-
-
 class ExecGatewayRoutes:
     """
     The route table of one exec gateway.
@@ -124,9 +109,11 @@ class ExecGatewayRoutes:
         used_tickets: tokens.IUsedTickets,
         reactor: Any = None,
         relays: RelayRegistry | None = None,
+        sdk: SDKRoutes | None = None,
     ) -> None:
         """
         @param relays: the relay registry to use; by default one is made when the relay is enabled.
+        @param sdk: the SDK REST surface, or C{None} when it is disabled (its routes answer 404).
         """
         self.config = config
         self.store = store
@@ -145,6 +132,7 @@ class ExecGatewayRoutes:
                 metrics,
             )
         self.relays = relays
+        self.sdk = sdk
 
     def _now(self) -> int:
         return int(self.clock.seconds())
@@ -516,7 +504,7 @@ class ExecGatewayRoutes:
         except Exception as e:
             self._store_failed(request, "list_workspace_executors", e)
             return json_error(request, 500, "list")
-        return json_response(request, 200, [connected_executor_json(b) for b in bindings])
+        return json_response(request, 200, [connected_executor_object(b) for b in bindings])
 
     @app.route("/api/codex-exec/workspaces/<wid>/executors/<exe_id>", methods=["DELETE"])
     async def admin_unbind(self, request: IRequest, wid: str, exe_id: str) -> bytes:
@@ -583,7 +571,7 @@ class ExecGatewayRoutes:
         except Exception as e:
             self._store_failed(request, "connected_executors_for_workspace", e)
             return json_error(request, 500, "list")
-        return json_response(request, 200, [connected_executor_json(b) for b in bindings])
+        return json_response(request, 200, [connected_executor_object(b) for b in bindings])
 
     @app.route("/api/exec-gateway/revoke-turn", methods=["POST"])
     def revoke_turn(self, request: IRequest) -> bytes:
@@ -677,6 +665,19 @@ class ExecGatewayRoutes:
         download = RequestDownload(request, relay, self.clock)
         relay.attach_download(download)
         return download.done
+
+    # ---------------------------------------------------------------------------------------------
+    # 4.8 SDK REST surface
+
+    @app.route("/api/sdk/", branch=True)
+    @app.route("/api/connectors/", branch=True)
+    def sdk_surface(self, request: IRequest) -> bytes | IResource:
+        """
+        The SDK REST surface under both prefixes (L{codexgw.execgw.sdk}); 404 when it is disabled.
+        """
+        if self.sdk is None:
+            return text_response(request, 404, "not found")
+        return self.sdk.resource()
 
     # ---------------------------------------------------------------------------------------------
 
