@@ -34,8 +34,9 @@ $(TOOLS)/s3/.stamp: constraints-s3.txt
 	$(TOOLS)/s3/bin/python -m pip install -q --disable-pip-version-check -c constraints-s3.txt 'moto[server,s3]'
 	touch $@
 
+# The all-in-one dev stack in the foreground (state under ./var; Ctrl-C stops it gracefully).
 dev: install
-	@echo "make dev: the all-in-one dev stack (twist codexgw-dev) is not yet available."
+	$(BIN)/twist --log-format=text codexgw-dev
 
 lint: $(VENV)/.stamp
 	$(BIN)/ruff check codexgw tests bench

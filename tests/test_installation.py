@@ -22,8 +22,7 @@ class InstallationTests(SynchronousTestCase):
 
     def test_twistHelp(self) -> None:
         """
-        C{twist --help} runs in the installed environment and lists every codexgw service built so
-        far (C{codexgw-dev} joins with the dev stack).
+        C{twist --help} runs in the installed environment and lists every codexgw service.
         """
         twist = Path(sys.executable).parent / "twist"
         done = subprocess.run(
@@ -31,7 +30,7 @@ class InstallationTests(SynchronousTestCase):
         )
         self.assertEqual(done.returncode, 0, done.stderr)
         self.assertIn("Usage: twist", done.stdout)
-        for plugin in ("codexgw-app", "codexgw-exec", "codexgw-executor"):
+        for plugin in ("codexgw-app", "codexgw-exec", "codexgw-executor", "codexgw-dev"):
             self.assertIn(plugin, done.stdout)
 
     def test_autobahnNVX(self) -> None:
