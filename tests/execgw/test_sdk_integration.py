@@ -296,7 +296,10 @@ class SDKIdleTests(SDKStackCase):
         gateway = self.stack.gateway
         since = len(gateway.events)
         sid = await self.exec_command(["sleep", "60"])
-        await gateway.wait_event("bridge.idle_reaped", timeout=15.0, since=since)
+        # Only the reap of box-a's stream (the session's) matters; other idle streams may go first.
+        await gateway.wait_event(
+            "bridge.idle_reaped", timeout=15.0, since=since, exe_id=self.stack.executors[A].exe_id
+        )
         # The reset reaches the SDK's client right after the gateway logs the reap.
         lost = envelope("session_lost", "process session lost: executor stream closed")
         for _ in range(20):
