@@ -13,7 +13,7 @@ Built so far:
    L{codexgw.appgw.storeconfig};
  - edges: L{codexgw.appgw.auth} (inbound TUI authentication), L{codexgw.appgw.loopback} (the gate of
    the C{/internal/*} routes), L{codexgw.appgw.captoken} (cap tokens per spawn),
-   L{codexgw.appgw.clients} and L{codexgw.appgw.outbound} (calls to the exec gateway and
-   agentserver), L{codexgw.appgw.codexversion} (the startup version check).
+   L{codexgw.appgw.clients} (calls to the exec gateway and agentserver, over the shared
+   L{codexgw.httpclient}), L{codexgw.appgw.codexversion} (the startup version check).
 The supervisor, TUI proxy, Turn API and the service itself are not built yet.
 """

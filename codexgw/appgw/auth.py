@@ -42,8 +42,9 @@ from zope.interface import Interface, implementer
 
 from codexgw.appgw.codexhome import is_valid_workspace_id
 from codexgw.appgw.config import AppGatewayConfig
-from codexgw.appgw.outbound import (
-    CallFailed,
+from codexgw.config import Secret
+from codexgw.httpclient import (
+    ExchangeFailed,
     HTTPRequester,
     Reply,
     decode_json,
@@ -52,7 +53,6 @@ from codexgw.appgw.outbound import (
     make_headers,
     quote_body,
 )
-from codexgw.config import Secret
 from codexgw.tokens import TokenError, verify_inbound_token
 
 #: Seconds each agentserver call may take in total.
@@ -238,7 +238,7 @@ class RemoteVerifier:
     async def _verified_call(self, label: str, path: str, body: dict[str, str]) -> dict[str, object]:
         try:
             reply = await self._call(path, body, (200,))
-        except CallFailed as e:
+        except ExchangeFailed as e:
             raise AuthCallError(f"{label} call: {e}") from None
         if reply.status == 401:
             raise Unauthorized(f"{label}: rejected")
@@ -307,7 +307,7 @@ class RemoteVerifier:
     async def _close_session(self, session_id: str) -> None:
         try:
             reply = await self._call(SESSION_CLOSE_PATH, {"session_id": session_id}, ())
-        except CallFailed as e:
+        except ExchangeFailed as e:
             self._log.warn("session-close call failed: {error}", error=str(e))
             return
         if reply.status not in (200, 204):

@@ -56,7 +56,7 @@ import json
 from collections.abc import Callable, Mapping
 from typing import Any, ClassVar, Final, Literal, cast
 
-from autobahn.twisted.websocket import WebSocketClientFactory, WebSocketClientProtocol
+from autobahn.twisted.websocket import WebSocketClientProtocol
 from autobahn.websocket.protocol import WebSocketProtocol
 from autobahn.websocket.util import parse_url
 from twisted.internet.defer import CancelledError, Deferred, ensureDeferred
@@ -77,7 +77,7 @@ from codexgw.appgw.supervision import (
     SpawnCapacityError,
     SupervisorStopping,
 )
-from codexgw.autobahntimers import ReactorTimer
+from codexgw.wsdial import DialFactory
 
 #: Largest message either way (§12.1); Autobahn closes with 1009 beyond.
 MAX_MESSAGE_BYTES: Final = 64 << 20
@@ -335,15 +335,13 @@ class WebSocketRPCLink(WebSocketClientProtocol):
             )
 
 
-class RPCLinkFactory(WebSocketClientFactory):
+class RPCLinkFactory(DialFactory[WebSocketRPCLink]):
     """
-    Builds the L{WebSocketRPCLink} of one dial, with every Autobahn option set explicitly.
-
-    @ivar opened: fires with the link once its handshake completed, or fails with L{DialFailed}.
+    Builds the L{WebSocketRPCLink} of one dial, with every Autobahn option set explicitly; its
+    C{opened} fails with L{DialFailed}.
     """
 
     protocol = WebSocketRPCLink
-    noisy = False
 
     def __init__(self, url: str, receiver: IRPCReceiver, reactor: Any) -> None:
         """
@@ -351,11 +349,7 @@ class RPCLinkFactory(WebSocketClientFactory):
         @param receiver: the L{IRPCReceiver} of the link.
         """
         super().__init__(url=url, origin=None, reactor=reactor)
-        # Autobahn schedules its timers through txaio, which always uses the global reactor.
-        self._batched_timer = ReactorTimer(reactor)
         self.receiver = receiver
-        self.opened: Deferred[WebSocketRPCLink] = Deferred()
-        self.link: WebSocketRPCLink | None = None
         self.setProtocolOptions(
             perMessageCompressionOffers=[],
             perMessageCompressionAccept=lambda response: None,
@@ -381,24 +375,8 @@ class RPCLinkFactory(WebSocketClientFactory):
         Build the link with its receiver, and keep it so that a dial that gives up can drop it.
         """
         link = super().buildProtocol(addr)
-        assert isinstance(link, WebSocketRPCLink)
         link.receiver = self.receiver
-        self.link = link
         return link
-
-    def link_opened(self, link: WebSocketRPCLink) -> None:
-        """
-        The handshake of this dial completed.
-        """
-        if not self.opened.called:
-            self.opened.callback(link)
-
-    def link_failed(self, error: Exception) -> None:
-        """
-        The connection ended before its handshake completed.
-        """
-        if not self.opened.called:
-            self.opened.errback(error)
 
 
 async def _dial(reactor: Any, url: str, receiver: IRPCReceiver, timeout: float) -> IRPCLink:
@@ -421,9 +399,7 @@ async def _dial(reactor: Any, url: str, receiver: IRPCReceiver, timeout: float) 
         raise
     except BaseException as e:
         # Timed out or cancelled mid-handshake: do not leave the connection behind.
-        transport: Any = factory.link.transport if factory.link is not None else None
-        if transport is not None:
-            transport.abortConnection()
+        factory.abort()
         if isinstance(e, CancelledError):
             raise
         raise DialFailed(f"websocket handshake: {e}") from None

@@ -9,7 +9,7 @@ with the other authenticators in L{codexgw.appgw.auth}).
    (C{POST <agentserver>/internal/workspace-token}, 5 s).
 
 The shared rules (no C{Origin}, bodies read to 1 MiB, errors quoting 1 KiB, deadlines on an injected
-clock) are L{codexgw.appgw.outbound}'s.
+clock) are L{codexgw.httpclient}'s.
 
 Decisions where the spec is silent (error texts are the spec's where it gives them):
  - C{connected}: an empty workspace id fails with C{execgwclient: workspaceID required} before any
@@ -45,8 +45,9 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from zope.interface import Interface, implementer
 
-from codexgw.appgw.outbound import (
-    CallFailed,
+from codexgw.config import Secret
+from codexgw.httpclient import (
+    ExchangeFailed,
     HTTPRequester,
     decode_json,
     exchange,
@@ -54,7 +55,6 @@ from codexgw.appgw.outbound import (
     make_headers,
     quote_body,
 )
-from codexgw.config import Secret
 
 #: Seconds each call may take (§11, §12.1).
 CONNECTED_TIMEOUT: Final = 5.0
@@ -190,7 +190,7 @@ class ExecGatewayClient:
                 self._http, self._clock, "GET", url, headers, None, CONNECTED_TIMEOUT,
                 lambda status: status == 200,
             )  # fmt: skip
-        except CallFailed as e:
+        except ExchangeFailed as e:
             raise ExecGatewayError(f"execgwclient: connected: {e}") from None
         if reply.status != 200:
             raise ExecGatewayError(
@@ -225,7 +225,7 @@ class ExecGatewayClient:
                 self._http, self._clock, "POST", self._base_url + RELAY_CREATE_PATH, headers, body,
                 RELAY_TIMEOUT, lambda status: True,
             )  # fmt: skip
-        except CallFailed as e:
+        except ExchangeFailed as e:
             raise ExecGatewayUnreachable(f"exec gateway unreachable: {e}") from None
         return RelayAnswer(reply.status, reply.body)
 
@@ -249,7 +249,7 @@ class ExecGatewayClient:
                 self._http, self._clock, "POST", self._base_url + REVOKE_TURN_PATH, headers, body,
                 REVOKE_TIMEOUT, lambda status: False,
             )  # fmt: skip
-        except CallFailed as e:
+        except ExchangeFailed as e:
             self._log.warn("revoke-turn failed for {turn_id}: {error}", turn_id=turn_id, error=str(e))
             return False
         if reply.status != 204:
@@ -299,7 +299,7 @@ class WorkspaceTokenClient:
                 self._http, self._clock, "POST", self._base_url + WORKSPACE_TOKEN_PATH, headers,
                 body, WORKSPACE_TOKEN_TIMEOUT, lambda status: status == 200,
             )  # fmt: skip
-        except CallFailed as e:
+        except ExchangeFailed as e:
             raise WorkspaceTokenError(f"workspace-token: {e}") from None
         if reply.status != 200:
             raise WorkspaceTokenError(

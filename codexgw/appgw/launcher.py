@@ -83,8 +83,8 @@ from twisted.web.http_headers import Headers
 from zope.interface import Attribute, Interface, implementer
 
 from codexgw.appgw.loopback import is_loopback_address
-from codexgw.appgw.outbound import CallFailed, HTTPRequester, Reply, exchange, make_http_client
 from codexgw.executor.child import session_leader_argv
+from codexgw.httpclient import ExchangeFailed, HTTPRequester, Reply, exchange, make_http_client
 
 #: The address codex is told to listen on; the OS picks the port (§5.4).
 LISTEN_ADDRESS: Final = "ws://127.0.0.1:0"
@@ -557,7 +557,7 @@ class AppServerLauncher:
         while True:
             try:
                 reply = await self._attempt(url, polling)
-            except CallFailed as e:
+            except ExchangeFailed as e:
                 if polling.stopped:
                     raise CancelledError() from None
                 polling.last_err = str(e)

@@ -60,7 +60,6 @@ from typing import Any, Final, Literal
 
 from autobahn.twisted.resource import WebSocketResource
 from autobahn.twisted.websocket import (
-    WebSocketClientFactory,
     WebSocketClientProtocol,
     WebSocketServerFactory,
     WebSocketServerProtocol,
@@ -88,6 +87,7 @@ from codexgw.appgw.supervision import (
     SpawnCapacityError,
 )
 from codexgw.autobahntimers import ReactorTimer
+from codexgw.wsdial import DialFactory
 
 #: §12.1: largest websocket message either side may send us (larger → 1009).
 MAX_MESSAGE_BYTES: Final = 64 * 1024 * 1024
@@ -345,17 +345,14 @@ class ChildLink(WebSocketClientProtocol):
             )
 
 
-class ChildLinkFactory(WebSocketClientFactory):
+class ChildLinkFactory(DialFactory[ChildLink]):
     """
     Builds the L{ChildLink} of one dial, with every Autobahn option set explicitly: no compression
-    offer, no pings, no C{Origin}, no extra headers, 64 MiB messages.
-
-    @ivar opened: fires with the link once its handshake completed, or fails with L{DialFailed}.
-    @ivar link: the link once the TCP connection exists.
+    offer, no pings, no C{Origin}, no extra headers, 64 MiB messages. Its C{opened} fails with
+    L{DialFailed}.
     """
 
     protocol = ChildLink
-    noisy = False
 
     def __init__(self, url: str, receiver: IChildReceiver, reactor: Any, max_message: int) -> None:
         """
@@ -366,11 +363,7 @@ class ChildLinkFactory(WebSocketClientFactory):
         super().__init__(
             url=url, origin=None, protocols=None, useragent=None, headers=None, reactor=reactor
         )
-        # Autobahn schedules its timers through txaio, which always uses the global reactor.
-        self._batched_timer = ReactorTimer(reactor)
         self.receiver = receiver
-        self.opened: Deferred[ChildLink] = Deferred()
-        self.link: ChildLink | None = None
         self.setProtocolOptions(
             version=13,
             perMessageCompressionOffers=[],
@@ -393,36 +386,6 @@ class ChildLinkFactory(WebSocketClientFactory):
             applyMask=True,
             tcpNoDelay=True,
         )
-
-    def buildProtocol(self, addr: Any) -> ChildLink:
-        """
-        Build the link and keep it, so that a dial that gives up can drop it.
-        """
-        link = super().buildProtocol(addr)
-        assert isinstance(link, ChildLink)
-        self.link = link
-        return link
-
-    def link_opened(self, link: ChildLink) -> None:
-        """
-        The handshake completed.
-        """
-        if not self.opened.called:
-            self.opened.callback(link)
-
-    def link_failed(self, error: Exception) -> None:
-        """
-        The connection ended before its handshake completed.
-        """
-        if not self.opened.called:
-            self.opened.errback(error)
-
-    def abort(self) -> None:
-        """
-        Drop the link's connection, whatever stage it reached.
-        """
-        if self.link is not None and self.link.transport is not None:
-            self.link.transport.abortConnection()
 
 
 def dial_child(

@@ -37,7 +37,6 @@ from codexgw.appgw.config import AppGatewayConfig
 from codexgw.appgw.launcher import AppServerLauncher, process_start_time
 from codexgw.appgw.loopback import LoopbackGate, LoopbackTokens
 from codexgw.appgw.metrics import AppMetrics
-from codexgw.appgw.outbound import make_http_client
 from codexgw.appgw.proxy import TUIProxyFactory
 from codexgw.appgw.spawnplan import SpawnPlanner
 from codexgw.appgw.staterecords import (
@@ -53,6 +52,7 @@ from codexgw.appgw.storeconfig import open_home_dirs, open_object_store
 from codexgw.appgw.supervisor import SHUTDOWN_BUDGET, Supervisor
 from codexgw.appgw.turns import TurnAPI
 from codexgw.appgw.web import AppGatewayRoutes
+from codexgw.httpclient import make_http_client
 from codexgw.httpio import GuardedSite, bounded_request, redacted_access_log
 
 log = Logger()

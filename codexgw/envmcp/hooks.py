@@ -7,10 +7,9 @@ routes (C{app-gateway.md} §3.1–§3.4) with the spawn's C{X-Loopback-Token}:
    through C{POST /internal/captoken} (5 s) at 3/4 of its life or when forced;
  - L{LoopbackRelayCreator}: C{POST /internal/relay/create} (§9.4), 10 s.
 
-The HTTP exchange (L{exchange}) is written here rather than borrowed from the app gateway's client
-module: env-mcp never imports the app gateway package. It goes through an injected treq-like client
-(L{HTTPRequester}: treq over an C{Agent} in production, C{treq.testing.StubTreq} in tests) and one
-time limit per exchange on an injected clock.
+The HTTP exchange is L{codexgw.httpclient}'s (env-mcp never imports the app gateway package): an
+injected treq-like client (L{HTTPRequester}: treq over an C{Agent} in production,
+C{treq.testing.StubTreq} in tests) and one time limit per exchange on an injected clock.
 
 Decisions where the spec is silent:
  - Every request carries C{User-Agent: codexgw-env-mcp} and no C{Origin}; redirects are not followed.
@@ -27,27 +26,22 @@ Decisions where the spec is silent:
  - A 201 answer of relay/create without string C{ticket}, C{upload_url} and C{download_url} is the
    error C{relay/create: decode: <detail>}.
  - Tokens are never logged; warnings name the route and the failure only.
+ - A caller's cancellation (e.g. of C{copy_path} by the front-end) stays a C{CancelledError}, never a
+   route error.
 """
 
 from __future__ import annotations
 
 import builtins
 import json
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Final, Protocol
+from typing import Any, Final
 
-from treq.client import HTTPClient
-from twisted.internet.defer import CancelledError, Deferred, succeed
+from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IReactorTime
-from twisted.internet.protocol import Protocol as StreamProtocol
-from twisted.internet.protocol import connectionDone
 from twisted.logger import Logger
-from twisted.python.failure import Failure
-from twisted.web.client import Agent, HTTPConnectionPool, ResponseDone
-from twisted.web.http import PotentialDataLoss
-from twisted.web.http_headers import Headers
-from twisted.web.iweb import IResponse
+from twisted.web.client import HTTPConnectionPool
 from zope.interface import implementer
 
 from codexgw.envtools.interfaces import (
@@ -57,6 +51,16 @@ from codexgw.envtools.interfaces import (
     RelayError,
     RelayTicket,
     RelayUnavailable,
+)
+from codexgw.httpclient import (
+    MAX_BODY_BYTES,
+    ExchangeFailed,
+    HTTPRequester,
+    Reply,
+    exchange,
+    make_headers,
+    make_http_client,
+    quote_body,
 )
 from codexgw.tokens import b64url_decode
 
@@ -70,38 +74,6 @@ CONNECTED_TIMEOUT: Final = 3.0
 CAPTOKEN_TIMEOUT: Final = 5.0
 RELAY_TIMEOUT: Final = 10.0
 
-#: The most of a needed response body read (§9.6).
-MAX_BODY_BYTES: Final = 1 << 20
-#: The most of an error body quoted.
-MAX_QUOTED_BYTES: Final = 1 << 10
-
-
-class HTTPRequester(Protocol):
-    """
-    The part of C{treq.client.HTTPClient} (and of C{treq.testing.StubTreq}) the hooks use.
-    """
-
-    def request(
-        self,
-        method: str,
-        url: str,
-        *,
-        headers: Headers | None = None,
-        data: bytes | None = None,
-        allow_redirects: bool = True,
-        unbuffered: bool = False,
-    ) -> Deferred[Any]:
-        """
-        Send one request; the Deferred fires with the C{IResponse} once its headers arrived, and
-        cancelling it abandons the request.
-        """
-
-
-class ExchangeFailed(Exception):
-    """
-    An exchange produced no response: network failure or timeout. C{str()} is a short description.
-    """
-
 
 class LoopbackError(Exception):
     """
@@ -109,144 +81,14 @@ class LoopbackError(Exception):
     """
 
 
-@dataclass(frozen=True)
-class Reply:
-    """
-    A response: its status and the body read (all of it up to the caller's limit).
-
-    @ivar truncated: the body went on beyond the limit.
-    """
-
-    status: int
-    body: bytes
-    truncated: bool
+def _quote(body: bytes) -> str:
+    # The gateway's bodies end with a newline: quoted stripped of surrounding whitespace.
+    return quote_body(body).strip()
 
 
-def quote_body(body: bytes) -> str:
-    """
-    At most 1 KiB of C{body} as text for an error message, stripped of surrounding whitespace.
-    """
-    return body[:MAX_QUOTED_BYTES].decode("utf-8", "replace").strip()
-
-
-def make_http_client(reactor: Any, pool: HTTPConnectionPool) -> HTTPRequester:
-    """
-    The production client: treq over an C{Agent} using C{pool}.
-    """
-    return HTTPClient(Agent(reactor, pool=pool))
-
-
-class _BoundedBody(StreamProtocol):
-    """
-    Collect a response body up to a limit; past it, stop the transfer.
-    """
-
-    def __init__(self, limit: int, finished: Deferred[tuple[bytes, bool]]) -> None:
-        self._limit = limit
-        self._finished = finished
-        self._chunks: list[bytes] = []
-        self._size = 0
-
-    def dataReceived(self, data: bytes) -> None:
-        """
-        Keep data up to the limit; a byte beyond it ends the reading, marked truncated.
-        """
-        if self._finished.called:
-            return
-        room = self._limit - self._size
-        self._chunks.append(data[:room])
-        self._size += min(len(data), room)
-        if len(data) > room:
-            self._finished.callback((b"".join(self._chunks), True))
-            self.stop()
-
-    def connectionLost(self, reason: Failure = connectionDone) -> None:
-        """
-        The body ended, completely or not.
-        """
-        if self._finished.called:
-            return
-        if reason.check(ResponseDone, PotentialDataLoss):
-            self._finished.callback((b"".join(self._chunks), False))
-        else:
-            self._finished.errback(reason)
-
-    def stop(self) -> None:
-        """
-        Stop the transfer (the connection is closed).
-        """
-        transport: Any = self.transport
-        if transport is not None:
-            transport.stopProducing()
-
-
-def _read_bounded(response: IResponse, limit: int) -> Deferred[tuple[bytes, bool]]:
-    protocol: _BoundedBody | None = None
-
-    def cancel(d: Deferred[tuple[bytes, bool]]) -> None:
-        if protocol is not None:
-            protocol.stop()
-
-    finished: Deferred[tuple[bytes, bool]] = Deferred(cancel)
-    protocol = _BoundedBody(limit, finished)
-    response.deliverBody(protocol)
-    return finished
-
-
-def describe(error: BaseException) -> str:
-    """
-    A short text for a failed exchange: the first reason Twisted's web client errors wrap
-    (C{ResponseNeverReceived} and friends carry a list of failures), else the error's own text.
-    """
-    reasons = getattr(error, "reasons", None)
-    if isinstance(reasons, list) and reasons and isinstance(reasons[0], Failure):
-        inner = reasons[0].value
-        if inner is not None:
-            return describe(inner)
-    return str(error) or type(error).__name__
-
-
-async def _exchange(
-    http: HTTPRequester, method: str, url: str, headers: Headers, data: bytes | None, limit: int
-) -> Reply:
-    response: IResponse = await http.request(
-        method, url, headers=headers, data=data, allow_redirects=False, unbuffered=True
-    )
-    body, truncated = await _read_bounded(response, limit)
-    return Reply(response.code, body, truncated)
-
-
-def exchange(
-    http: HTTPRequester,
-    clock: IReactorTime,
-    method: str,
-    url: str,
-    headers: Mapping[str, str],
-    data: bytes | None,
-    timeout: float,
-    limit: int = MAX_BODY_BYTES,
-) -> Deferred[Reply]:
-    """
-    Send one request and read its response (at most C{limit} body bytes) within C{timeout} seconds.
-
-    @return: a Deferred firing with the L{Reply}, or failing with L{ExchangeFailed}.
-    """
-    raw = Headers({name.encode("ascii"): [value.encode("utf-8")] for name, value in headers.items()})
-
-    def timed_out(result: Reply | Failure, timeout: float) -> Reply:
-        if isinstance(result, Failure):
-            raise ExchangeFailed(f"timed out after {timeout:g}s")
-        return result
-
-    def failed(failure: Failure) -> Failure:
-        error = failure.value
-        if error is None or isinstance(error, ExchangeFailed | CancelledError):
-            return failure
-        raise ExchangeFailed(describe(error))
-
-    d = Deferred.fromCoroutine(_exchange(http, method, url, raw, data, limit))
-    d.addTimeout(timeout, clock, onTimeoutCancel=timed_out)
-    return d.addErrback(failed)
+def _every_body(status: int) -> bool:
+    # The hooks read every answer's body up to 1 MiB, and judge an oversized one themselves.
+    return True
 
 
 class _Loopback:
@@ -262,11 +104,22 @@ class _Loopback:
         self.base_url = base_url.rstrip("/")
         self._token = loopback_token
 
-    def headers(self, **extra: str) -> dict[str, str]:
+    def exchange(
+        self, method: str, path: str, data: bytes | None, timeout: float, **extra: str
+    ) -> Deferred[Reply]:
         """
-        The headers of a loopback request plus C{extra}.
+        Send one request to the gateway's C{path} with the loopback headers plus C{extra}, and read
+        its answer within C{timeout} seconds: every body up to 1 MiB, marked L{Reply.truncated}
+        beyond.
+
+        @return: fires with the L{Reply}; fails with L{ExchangeFailed} (or C{CancelledError} when
+            the caller cancels).
         """
-        return {LOOPBACK_TOKEN_HEADER: self._token, "User-Agent": USER_AGENT, **extra}
+        headers = {LOOPBACK_TOKEN_HEADER: self._token, "User-Agent": USER_AGENT, **extra}
+        return exchange(
+            self.http, self.clock, method, self.base_url + path, make_headers(headers), data,
+            timeout, _every_body, fail_oversized=False,
+        )  # fmt: skip
 
     def __repr__(self) -> str:
         # Never the token.
@@ -296,21 +149,14 @@ class LoopbackResolverSource:
         return Deferred.fromCoroutine(self._list())
 
     async def _list(self) -> builtins.list[dict[str, Any]]:
-        loopback = self._loopback
         try:
-            reply = await exchange(
-                loopback.http,
-                loopback.clock,
-                "GET",
-                loopback.base_url + "/internal/connected",
-                loopback.headers(Accept="application/json"),
-                None,
-                CONNECTED_TIMEOUT,
+            reply = await self._loopback.exchange(
+                "GET", "/internal/connected", None, CONNECTED_TIMEOUT, Accept="application/json"
             )
         except ExchangeFailed as e:
             raise LoopbackError(f"GET /internal/connected: {e}") from None
         if reply.status != 200:
-            raise LoopbackError(f"HTTP {reply.status}: {quote_body(reply.body)}")
+            raise LoopbackError(f"HTTP {reply.status}: {_quote(reply.body)}")
         if reply.truncated:
             raise LoopbackError(f"decode: response body exceeds {MAX_BODY_BYTES} bytes")
         try:
@@ -407,17 +253,8 @@ class LoopbackCapTokens:
             waiter.callback(self._current)
 
     async def _renew(self) -> None:
-        loopback = self._loopback
         try:
-            reply = await exchange(
-                loopback.http,
-                loopback.clock,
-                "POST",
-                loopback.base_url + "/internal/captoken",
-                loopback.headers(),
-                b"",
-                CAPTOKEN_TIMEOUT,
-            )
+            reply = await self._loopback.exchange("POST", "/internal/captoken", b"", CAPTOKEN_TIMEOUT)
             self._current = _renewed_token(reply)
         except Exception as e:
             self._log.warn("cap token renewal failed; keeping the current token: {error}", error=str(e))
@@ -425,7 +262,7 @@ class LoopbackCapTokens:
 
 def _renewed_token(reply: Reply) -> str:
     if reply.status != 200:
-        raise LoopbackError(f"POST /internal/captoken: HTTP {reply.status}: {quote_body(reply.body)}")
+        raise LoopbackError(f"POST /internal/captoken: HTTP {reply.status}: {_quote(reply.body)}")
     try:
         answer = json.loads(reply.body.decode("utf-8"))
     except (ValueError, RecursionError) as e:
@@ -466,23 +303,20 @@ class LoopbackRelayCreator:
         return Deferred.fromCoroutine(self._create(body))
 
     async def _create(self, body: dict[str, object]) -> RelayTicket:
-        loopback = self._loopback
         try:
-            reply = await exchange(
-                loopback.http,
-                loopback.clock,
+            reply = await self._loopback.exchange(
                 "POST",
-                loopback.base_url + "/internal/relay/create",
-                loopback.headers(**{"Content-Type": "application/json"}),
+                "/internal/relay/create",
                 json.dumps(body, separators=(",", ":")).encode("utf-8"),
                 RELAY_TIMEOUT,
+                **{"Content-Type": "application/json"},
             )
         except ExchangeFailed as e:
             raise RelayError(f"relay/create: {e}") from None
         if reply.status == 503:
             raise RelayUnavailable("relay unavailable")
         if reply.status != 201:
-            raise RelayError(f"relay/create: status {reply.status}: {quote_body(reply.body)}")
+            raise RelayError(f"relay/create: status {reply.status}: {_quote(reply.body)}")
         return _ticket(reply)
 
 

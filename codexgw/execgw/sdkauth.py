@@ -15,8 +15,8 @@ Every failure is an L{SDKAuthError} whose text is the spec's (C{sdk auth: …});
 with 401 C{invalid_token}, so authentication never yields a 5xx. The one exception is the caller's
 own cancellation (a client that hung up), which stays a C{CancelledError}.
 
-The HTTP exchange is written here rather than borrowed from the app gateway's client module: the two
-gateways never import each other (C{delivery.md} §1).
+The HTTP exchange is L{codexgw.httpclient}'s (the two gateways never import each other, C{delivery.md}
+§1).
 
 Decisions where the spec is silent:
  - An empty token is refused by both verifiers without any work; the local verifier says
@@ -45,22 +45,25 @@ import json
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Final, Protocol
+from typing import Any, Final
 
-from treq.client import HTTPClient
 from twisted.internet.defer import CancelledError, Deferred, fail, succeed
 from twisted.internet.interfaces import IReactorTime
-from twisted.internet.protocol import Protocol as StreamProtocol
-from twisted.internet.protocol import connectionDone
-from twisted.python.failure import Failure
-from twisted.web.client import Agent, HTTPConnectionPool, ResponseDone
-from twisted.web.http import PotentialDataLoss
-from twisted.web.http_headers import Headers
-from twisted.web.iweb import IResponse
+from twisted.web.client import HTTPConnectionPool
 from zope.interface import Interface, implementer
 
+from codexgw import httpclient
 from codexgw.config import Secret
 from codexgw.execgw.config import ExecGatewayConfig
+from codexgw.httpclient import (
+    MAX_BODY_BYTES,
+    HTTPRequester,
+    Reply,
+    decode_json,
+    describe,
+    exchange,
+    make_headers,
+)
 from codexgw.tokens import TokenError, verify_inbound_token
 
 #: agentserver's route that validates proxy tokens (§4.8.1).
@@ -71,9 +74,6 @@ VALIDATE_TIMEOUT: Final = 5.0
 CACHE_CAPACITY: Final = 1024
 POSITIVE_TTL: Final = 5 * 60.0
 NEGATIVE_TTL: Final = 30.0
-#: The most of a 200 body read; the most of any other body read (and dropped).
-MAX_BODY_BYTES: Final = 1 << 20
-MAX_OTHER_BODY_BYTES: Final = 1 << 10
 
 #: The error texts of §4.8.1.
 EMPTY_TOKEN: Final = "sdk auth: empty token"  # noqa: S105 - an error text
@@ -142,27 +142,6 @@ class HMACTokenAuth:
         return succeed(SDKIdentity(inbound.workspace_id, ""))
 
 
-class HTTPRequester(Protocol):
-    """
-    The part of C{treq.client.HTTPClient} (and of C{treq.testing.StubTreq}) the remote verifier uses.
-    """
-
-    def request(
-        self,
-        method: str,
-        url: str,
-        *,
-        headers: Headers | None = None,
-        data: bytes | None = None,
-        allow_redirects: bool = True,
-        unbuffered: bool = False,
-    ) -> Deferred[Any]:
-        """
-        Send one request; fires with the C{IResponse} once its headers arrived. Cancelling it
-        abandons the request.
-        """
-
-
 @dataclass(frozen=True)
 class _Entry:
     """
@@ -184,87 +163,13 @@ class _Outcome:
     ttl: float | None
 
 
-class _LimitedBody(StreamProtocol):
-    """
-    Collect a response body up to a limit; past it, stop the transfer.
-    """
-
-    def __init__(self, limit: int, finished: Deferred[tuple[bytes, bool]]) -> None:
-        self._limit = limit
-        self._finished = finished
-        self._chunks: list[bytes] = []
-        self._size = 0
-
-    def dataReceived(self, data: bytes) -> None:
-        """
-        Keep data up to the limit; a byte beyond it ends the reading, marked truncated.
-        """
-        if self._finished.called:
-            return
-        room = self._limit - self._size
-        self._chunks.append(data[:room])
-        self._size += min(len(data), room)
-        if len(data) > room:
-            self._finished.callback((b"".join(self._chunks), True))
-            self.stop()
-
-    def connectionLost(self, reason: Failure = connectionDone) -> None:
-        """
-        The body ended: completely, cut in a way HTTP cannot tell, or broken.
-        """
-        if self._finished.called:
-            return
-        if reason.check(ResponseDone, PotentialDataLoss):
-            self._finished.callback((b"".join(self._chunks), False))
-        else:
-            self._finished.errback(reason)
-
-    def stop(self) -> None:
-        """
-        Stop the transfer (the connection is closed).
-        """
-        transport: Any = self.transport
-        if transport is not None:
-            transport.stopProducing()
-
-
-def _read_limited(response: IResponse, limit: int) -> Deferred[tuple[bytes, bool]]:
-    protocol: _LimitedBody | None = None
-
-    def cancel(d: Deferred[tuple[bytes, bool]]) -> None:
-        if protocol is not None:
-            protocol.stop()
-
-    finished: Deferred[tuple[bytes, bool]] = Deferred(cancel)
-    protocol = _LimitedBody(limit, finished)
-    response.deliverBody(protocol)
-    return finished
-
-
-def describe(error: BaseException) -> str:
-    """
-    A short text for a failed exchange: the first reason Twisted's web client errors wrap
-    (C{ResponseNeverReceived} and friends carry a list of failures), else the error's own text, else
-    its class name.
-    """
-    reasons = getattr(error, "reasons", None)
-    if isinstance(reasons, list) and reasons and isinstance(reasons[0], Failure):
-        inner = reasons[0].value
-        if inner is not None:
-            return describe(inner)
-    return str(error) or type(error).__name__
-
-
 def _decode_identity(body: bytes) -> SDKIdentity:
     """
     The identity of a 200 answer.
 
     @raise ValueError: with the detail of C{sdk auth: decode response: <detail>}.
     """
-    try:
-        answer = json.loads(body.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError, RecursionError) as e:
-        raise ValueError(str(e) or type(e).__name__) from None
+    answer = decode_json(body)
     if not isinstance(answer, dict):
         raise ValueError("not a JSON object")
     workspace_id = answer.get("workspace_id")
@@ -395,60 +300,43 @@ class ProxyTokenAuth:
     async def _validate(self, raw_token: bytes) -> _Outcome:
         # Never raises: every ending is an outcome (authentication never yields a 5xx).
         try:
-            status, body, truncated = await self._exchange(raw_token)
+            reply = await self._exchange(raw_token)
         except CancelledError:
             return _Outcome(None, SDKAuthError("sdk auth: agentserver unreachable: cancelled"), None)
         except Exception as e:
             detail = describe(e)
             return _Outcome(None, SDKAuthError(f"sdk auth: agentserver unreachable: {detail}"), None)
-        if status == 401:
+        if reply.status == 401:
             return _Outcome(None, SDKAuthError(REJECTED), self._negative_ttl)
-        if status != 200:
-            return _Outcome(None, SDKAuthError(f"sdk auth: agentserver returned {status}"), None)
-        if truncated:
+        if reply.status != 200:
+            return _Outcome(None, SDKAuthError(f"sdk auth: agentserver returned {reply.status}"), None)
+        if reply.truncated:
             detail = f"response body exceeds {MAX_BODY_BYTES} bytes"
             return _Outcome(None, SDKAuthError(f"sdk auth: decode response: {detail}"), None)
         try:
-            identity = _decode_identity(body)
+            identity = _decode_identity(reply.body)
         except ValueError as e:
             return _Outcome(None, SDKAuthError(f"sdk auth: decode response: {e}"), None)
         return _Outcome(identity, None, self._positive_ttl)
 
-    def _exchange(self, raw_token: bytes) -> Deferred[tuple[int, bytes, bool]]:
+    def _exchange(self, raw_token: bytes) -> Deferred[Reply]:
         # The token goes into the JSON string byte for byte (surrogateescape undoes the header's
         # decoding); JSON escapes what must be escaped.
         text = raw_token.decode("utf-8", "surrogateescape")
         body = json.dumps({"proxy_token": text}, separators=(",", ":"), ensure_ascii=False)
         data = body.encode("utf-8", "surrogateescape")
-        headers = Headers(
-            {
-                b"Content-Type": [b"application/json"],
-                b"X-Internal-Secret": [self._secret.value],
-            }
+        headers = make_headers(
+            {"Content-Type": "application/json", "X-Internal-Secret": self._secret.value}
         )
-
-        def timed_out(result: Any, timeout: float) -> Any:
-            if isinstance(result, Failure):
-                raise _Unreachable(f"timed out after {timeout:g}s")
-            return result
-
-        d = Deferred.fromCoroutine(self._send(data, headers))
-        d.addTimeout(self._timeout, self._clock, onTimeoutCancel=timed_out)
-        return d
-
-    async def _send(self, data: bytes, headers: Headers) -> tuple[int, bytes, bool]:
-        response: IResponse = await self._http.request(
-            "POST", self._url, headers=headers, data=data, allow_redirects=False, unbuffered=True
-        )
-        limit = MAX_BODY_BYTES if response.code == 200 else MAX_OTHER_BODY_BYTES
-        body, truncated = await _read_limited(response, limit)
-        return response.code, body, truncated
+        return exchange(
+            self._http, self._clock, "POST", self._url, headers, data, self._timeout,
+            _needs_body, fail_oversized=False,
+        )  # fmt: skip
 
 
-class _Unreachable(Exception):
-    """
-    The exchange's own deadline passed; C{str()} is the detail.
-    """
+def _needs_body(status: int) -> bool:
+    # Only a 200 body is used; of any other at most 1 KiB is read and dropped.
+    return status == 200
 
 
 def make_http_client(reactor: Any) -> tuple[HTTPRequester, HTTPConnectionPool]:
@@ -458,7 +346,7 @@ def make_http_client(reactor: Any) -> tuple[HTTPRequester, HTTPConnectionPool]:
     @return: the client and its pool (close the pool's connections at shutdown).
     """
     pool = HTTPConnectionPool(reactor, persistent=True)
-    return HTTPClient(Agent(reactor, pool=pool)), pool
+    return httpclient.make_http_client(reactor, pool), pool
 
 
 def make_sdk_authenticator(

@@ -1,8 +1,9 @@
 """
-In-memory HTTP servers for the app gateway's client tests: a C{treq.testing.StubTreq} over a resource
-that records every request and answers as a test scripts it — with a response, by hanging (before or
-after the response headers) or by dropping the connection — plus a requester whose every request
-fails, and a log collector. No sockets, no real time.
+In-memory HTTP servers for the tests of L{codexgw.httpclient} and its callers: a
+C{treq.testing.StubTreq} over a resource that records every request and answers as a test scripts
+it — with a response, by hanging (before or after the response headers) or by dropping the
+connection — plus a requester whose every request fails, and a log collector. No sockets, no real
+time.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
 from zope.interface import implementer
 
-from codexgw.appgw.outbound import HTTPRequester
+from codexgw.httpclient import HTTPRequester
 
 
 @dataclass(frozen=True)

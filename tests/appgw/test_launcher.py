@@ -61,8 +61,8 @@ from codexgw.appgw.launcher import (
     process_start_time,
     ps_start_time,
 )
-from codexgw.appgw.outbound import HTTPRequester, make_http_client
 from codexgw.executor.child import session_leader_argv
+from codexgw.httpclient import HTTPRequester, make_http_client
 from codexgw.testing.fakelauncher import FIRST_PID, FakeAppServerProcess, FakeLauncher
 from tests.appgw.stubhttp import Answer, Drop, Hang, RefusingHTTP, StubServer
 from tests.codexclient import DUMMY_API_KEY, alive

@@ -76,11 +76,11 @@ from codexgw.appgw.clients import CONNECTED_PATH, RELAY_CREATE_PATH, ExecGateway
 from codexgw.appgw.config import AppGatewayConfig
 from codexgw.appgw.loopback import LoopbackGate, LoopbackTokens
 from codexgw.appgw.metrics import AppMetrics
-from codexgw.appgw.outbound import HTTPRequester, make_http_client
 from codexgw.appgw.proxy import IChildLink, IChildReceiver, TUIProxyFactory, dial_child
 from codexgw.appgw.turns import MAX_BODY_BYTES, TurnAPI
 from codexgw.appgw.web import AppGatewayRoutes
 from codexgw.config import Secret
+from codexgw.httpclient import HTTPRequester, make_http_client
 from codexgw.httpio import GuardedSite, bounded_request, json_response, read_body
 from codexgw.testing.fakeappserver import FakeAppServer, FakeAppServerConnection
 from codexgw.testing.fakesupervisor import FakeSupervisor

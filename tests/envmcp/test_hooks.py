@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from twisted.internet.defer import Deferred, fail
+from twisted.internet.defer import CancelledError, Deferred, fail
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface.verify import verifyObject
@@ -261,6 +261,16 @@ class RelayCreatorTests(SynchronousTestCase):
         self.clock.advance(0.1)
         failure = self.failureResultOf(d, RelayError)
         self.assertEqual(str(failure.value), "relay/create: timed out after 10s")
+
+    def test_cancelled(self) -> None:
+        """
+        A caller's cancellation (C{copy_path} cancelled by the front-end) is a C{CancelledError}, not
+        a relay error, and leaves no timer.
+        """
+        d = self.create(StubServer(Hang()))
+        d.cancel()
+        self.failureResultOf(d, CancelledError)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
 
 
 class TokenTimesTests(SynchronousTestCase):

@@ -54,10 +54,11 @@ from codexgw.execgw.sdk import (
     StoreResolverSource,
     self_bridge_base,
 )
-from codexgw.execgw.sdkauth import HMACTokenAuth, HTTPRequester, ISDKAuthenticator, ProxyTokenAuth
+from codexgw.execgw.sdkauth import HMACTokenAuth, ISDKAuthenticator, ProxyTokenAuth
 from codexgw.execgw.service import make_site
 from codexgw.execgw.store import ExecutorRecord, StoreUnavailable, utc_now
 from codexgw.execgw.timestamps import format_timestamp, format_timestamp_seconds
+from codexgw.httpclient import HTTPRequester
 from codexgw.httpio import text_response
 from codexgw.testing.fakeagentserver import FakeAgentServer
 from codexgw.testing.fakebridge import FAKE_BRIDGE_BASE, FakeExecGateway

@@ -26,13 +26,13 @@ from codexgw.config import Secret
 from codexgw.execgw.config import load_config
 from codexgw.execgw.sdkauth import (
     HMACTokenAuth,
-    HTTPRequester,
     ISDKAuthenticator,
     ProxyTokenAuth,
     SDKAuthError,
     SDKIdentity,
     make_sdk_authenticator,
 )
+from codexgw.httpclient import HTTPRequester
 from codexgw.testing.fakeagentserver import FakeAgentServer, FakeSDKAuthenticator
 from codexgw.tokens import mint_inbound_token
 

@@ -1,25 +1,30 @@
 """
-One outbound HTTP exchange as every client of the app gateway makes it (C{app-gateway.md} §11, §4.3).
+One bounded outbound HTTP exchange, as every client of the gateways and env-mcp makes it: the app
+gateway's clients (C{app-gateway.md} §11, §4.3), env-mcp's loopback hooks (§9.4, §9.6, §9.8) and the
+exec gateway's proxy-token verifier (C{exec-gateway.md} §4.8.1). The server side is
+L{codexgw.httpio}'s.
 
-The clients (L{codexgw.appgw.clients}, L{codexgw.appgw.auth.RemoteVerifier}) share these rules, so
-they live here once:
+This module imports no service, so every package may use it (the gateways never import each other,
+C{delivery.md} §1). The rules it holds:
  - requests go through an injected treq-like client (L{HTTPRequester}: C{treq.client.HTTPClient} in
    production, C{treq.testing.StubTreq} in tests) and carry no C{Origin} header;
  - each exchange (request, response headers and body) has one total time limit, enforced with an
    injected clock by cancelling the request's Deferred;
- - a body the caller needs is read up to 1 MiB, more is a failure; an error body is read up to
-   1 KiB and only that much is ever quoted (L{quote_body}).
+ - a body the caller needs is read up to L{MAX_BODY_BYTES} (1 MiB); any other body up to
+   L{MAX_QUOTED_BYTES} (1 KiB), and only that much is ever quoted (L{quote_body}).
+The callers judge statuses and bodies and word their own errors (each spec has its texts).
 
-Decisions where the spec is silent:
- - Redirects are never followed: a redirect would carry the gateway's secret header to another URL.
-   A 3xx is just another status for the caller to judge.
+Decisions where the specs are silent:
+ - Redirects are never followed: a redirect would carry a secret header to another URL. A 3xx is
+   just another status for the caller to judge.
  - A needed body over 1 MiB fails the exchange with C{response body exceeds 1048576 bytes} (the
-   reading stops at the limit and the connection is closed).
- - Failures are L{CallFailed} whose text is a short description: C{timed out after 5s}, or the
+   reading stops at the limit and the connection is closed), unless the caller asks for the first
+   1 MiB marked L{Reply.truncated} instead (C{fail_oversized=False}) to word the failure itself.
+ - Failures are L{ExchangeFailed} whose text is a short description: C{timed out after 5s}, or the
    underlying error's own text (for Twisted's C{ResponseNeverReceived} and friends, the text of the
    first wrapped reason rather than a list of failure reprs). The callers prefix their own labels.
- - A cancellation by the caller stays a C{CancelledError}; only the exchange's own deadline becomes
-   C{timed out after …}.
+ - A cancellation by the caller stays a C{CancelledError} (also when Twisted's web client reports it
+   wrapped); only the exchange's own deadline becomes C{timed out after …}.
  - Quoted bodies are decoded as UTF-8 with replacement characters, so a cut in the middle of a
    character (or a binary body) never fails the error path.
 """
@@ -42,9 +47,9 @@ from twisted.web.http import PotentialDataLoss
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import IResponse
 
-#: The most of a response body any client reads (§11).
+#: The most of a needed response body any client reads.
 MAX_BODY_BYTES: Final = 1 << 20
-#: The most of an error body read and quoted in an error message (§11, §4.3).
+#: The most of any other body read, and of a body quoted in an error message.
 MAX_QUOTED_BYTES: Final = 1 << 10
 
 
@@ -69,9 +74,9 @@ class HTTPRequester(Protocol):
         """
 
 
-class CallFailed(Exception):
+class ExchangeFailed(Exception):
     """
-    An exchange produced no usable response: network failure, timeout, or an oversized body.
+    An exchange produced no usable response: network failure, timeout, or an oversized needed body.
     C{str(error)} is the description the callers quote.
     """
 
@@ -82,12 +87,14 @@ class Reply:
     A response as the clients judge it.
 
     @ivar status: the HTTP status code.
-    @ivar body: the body read: all of it when the caller needed it (at most L{MAX_BODY_BYTES}),
-        else at most L{MAX_QUOTED_BYTES}.
+    @ivar body: the body read: all of it, up to L{MAX_BODY_BYTES}, when the caller needed it, else at
+        most L{MAX_QUOTED_BYTES}.
+    @ivar truncated: the body went on beyond what was read.
     """
 
     status: int
     body: bytes
+    truncated: bool = False
 
 
 def quote_body(body: bytes) -> str:
@@ -231,18 +238,17 @@ async def _exchange(
     headers: Headers,
     data: bytes | None,
     needs_body: Callable[[int], bool],
+    fail_oversized: bool,
 ) -> Reply:
     response: IResponse = await http.request(
         method, url, headers=headers, data=data, allow_redirects=False, unbuffered=True
     )
     status = response.code
-    if needs_body(status):
-        body, truncated = await read_bounded(response, MAX_BODY_BYTES)
-        if truncated:
-            raise CallFailed(f"response body exceeds {MAX_BODY_BYTES} bytes")
-    else:
-        body, _ = await read_bounded(response, MAX_QUOTED_BYTES)
-    return Reply(status, body)
+    needed = needs_body(status)
+    body, truncated = await read_bounded(response, MAX_BODY_BYTES if needed else MAX_QUOTED_BYTES)
+    if needed and truncated and fail_oversized:
+        raise ExchangeFailed(f"response body exceeds {MAX_BODY_BYTES} bytes")
+    return Reply(status, body, truncated)
 
 
 def exchange(
@@ -254,6 +260,8 @@ def exchange(
     data: bytes | None,
     timeout: float,
     needs_body: Callable[[int], bool],
+    *,
+    fail_oversized: bool = True,
 ) -> Deferred[Reply]:
     """
     Send one request and read its response within C{timeout} seconds of C{clock}.
@@ -261,24 +269,27 @@ def exchange(
     @param needs_body: whether the caller uses the body of a response with this status: such a
         body is read whole (at most L{MAX_BODY_BYTES}); any other body only up to
         L{MAX_QUOTED_BYTES}, for quoting.
-    @return: a Deferred firing with the L{Reply}, or failing with L{CallFailed} (network failure,
+    @param fail_oversized: whether a needed body beyond L{MAX_BODY_BYTES} fails the exchange
+        (C{response body exceeds 1048576 bytes}); when C{False} the reply carries its first
+        L{MAX_BODY_BYTES}, marked L{Reply.truncated}.
+    @return: a Deferred firing with the L{Reply}, or failing with L{ExchangeFailed} (network failure,
         timeout, body too large) or C{CancelledError} when the caller cancelled it.
     """
 
     def timed_out(result: Reply | Failure, timeout: float) -> Reply:
         if isinstance(result, Failure):
-            raise CallFailed(f"timed out after {timeout:g}s")
+            raise ExchangeFailed(f"timed out after {timeout:g}s")
         return result
 
     def failed(failure: Failure) -> Failure:
         error = failure.value
-        if error is None or isinstance(error, CallFailed):
+        if error is None or isinstance(error, ExchangeFailed):
             return failure
         if isinstance(_root_cause(error), CancelledError):
             # The caller cancelled: the web client reports it wrapped; hand it back plainly.
             return Failure(CancelledError())
-        raise CallFailed(describe(error))
+        raise ExchangeFailed(describe(error))
 
-    d = Deferred.fromCoroutine(_exchange(http, method, url, headers, data, needs_body))
+    d = Deferred.fromCoroutine(_exchange(http, method, url, headers, data, needs_body, fail_oversized))
     d.addTimeout(timeout, clock, onTimeoutCancel=timed_out)
     return d.addErrback(failed)

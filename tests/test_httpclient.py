@@ -1,7 +1,8 @@
 """
-Tests for L{codexgw.appgw.outbound}: the shared exchange of the app gateway's clients — one deadline
-over request and body, bodies bounded at 1 MiB (or 1 KiB for quoting), no redirects, no C{Origin},
-caller cancellation kept distinct from the deadline — and its small helpers.
+Tests for L{codexgw.httpclient}: the outbound exchange every client shares — one deadline over
+request and body, bodies bounded at 1 MiB (or 1 KiB for quoting), an oversized needed body failing or
+marked truncated as the caller asks, no redirects, no C{Origin}, caller cancellation kept distinct
+from the deadline — and its small helpers. The callers' own error texts are tested with the callers.
 """
 
 from __future__ import annotations
@@ -14,10 +15,10 @@ from twisted.trial.unittest import SynchronousTestCase
 from twisted.web._newclient import ResponseFailed, ResponseNeverReceived
 from twisted.web.http_headers import Headers
 
-from codexgw.appgw.outbound import (
+from codexgw.httpclient import (
     MAX_BODY_BYTES,
     MAX_QUOTED_BYTES,
-    CallFailed,
+    ExchangeFailed,
     Reply,
     decode_json,
     describe,
@@ -42,7 +43,11 @@ class ExchangeTests(SynchronousTestCase):
         self.clock = Clock()
 
     def run_exchange(
-        self, server: StubServer, needs_body: bool = True, method: str = "POST"
+        self,
+        server: StubServer,
+        needs_body: bool = True,
+        method: str = "POST",
+        fail_oversized: bool = True,
     ) -> Deferred[Reply]:
         """
         Start an exchange with C{server} (timeout 5 s) and flush it.
@@ -50,6 +55,7 @@ class ExchangeTests(SynchronousTestCase):
         d = exchange(
             server.http, self.clock, method, "http://svc:80/path?q=1", make_headers({"X-A": "b"}),
             b"{}" if method == "POST" else None, 5.0, lambda status: needs_body,
+            fail_oversized=fail_oversized,
         )  # fmt: skip
         server.flush()
         return d
@@ -75,11 +81,26 @@ class ExchangeTests(SynchronousTestCase):
         server = StubServer(Answer(200, b"a" * MAX_BODY_BYTES))
         self.assertEqual(len(self.successResultOf(self.run_exchange(server)).body), MAX_BODY_BYTES)
         server = StubServer(Answer(200, b"a" * (MAX_BODY_BYTES + 1)))
-        failure = self.failureResultOf(self.run_exchange(server), CallFailed)
+        failure = self.failureResultOf(self.run_exchange(server), ExchangeFailed)
         self.assertEqual(str(failure.value), "response body exceeds 1048576 bytes")
         server = StubServer(Answer(500, b"b" * 5000))
         reply = self.successResultOf(self.run_exchange(server, needs_body=False))
+        self.assertEqual(reply, Reply(500, b"b" * MAX_QUOTED_BYTES, truncated=True))
+        server = StubServer(Answer(500, b"b" * MAX_QUOTED_BYTES))
+        reply = self.successResultOf(self.run_exchange(server, needs_body=False))
         self.assertEqual(reply, Reply(500, b"b" * MAX_QUOTED_BYTES))
+
+    def test_oversized_kept(self) -> None:
+        """
+        With C{fail_oversized=False} a needed body beyond 1 MiB is its first 1 MiB, marked truncated,
+        for the caller to word the failure.
+        """
+        server = StubServer(Answer(200, b"a" * (MAX_BODY_BYTES + 1)))
+        reply = self.successResultOf(self.run_exchange(server, fail_oversized=False))
+        self.assertEqual(reply, Reply(200, b"a" * MAX_BODY_BYTES, truncated=True))
+        server = StubServer(Answer(200, b"a" * MAX_BODY_BYTES))
+        reply = self.successResultOf(self.run_exchange(server, fail_oversized=False))
+        self.assertFalse(reply.truncated)
 
     def test_no_redirect(self) -> None:
         """
@@ -101,7 +122,7 @@ class ExchangeTests(SynchronousTestCase):
                 self.clock.advance(4.5)
                 self.assertNoResult(d)
                 self.clock.advance(0.5)
-                failure = self.failureResultOf(d, CallFailed)
+                failure = self.failureResultOf(d, ExchangeFailed)
                 self.assertEqual(str(failure.value), "timed out after 5s")
 
     def test_caller_cancels(self) -> None:
