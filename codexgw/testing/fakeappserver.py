@@ -93,13 +93,13 @@ from autobahn.websocket.types import ConnectionRequest
 from twisted.internet.defer import Deferred, gatherResults, succeed
 from twisted.internet.endpoints import TCP4ServerEndpoint
 from twisted.internet.interfaces import IListeningPort, IPushProducer
-from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
 from twisted.web.resource import Resource
 from twisted.web.server import Request, Site
 from zope.interface import implementer
 
 from codexgw.autobahntimers import ReactorTimer
 from codexgw.httpio import plain_response
+from codexgw.testing.tracking import ConnectionTracker
 
 JSONObject: TypeAlias = dict[str, object]
 
@@ -578,32 +578,6 @@ class FakeAppServerFactory(WebSocketServerFactory):
         )
 
 
-class _ConnectionTracker(WrappingFactory):
-    # Keeps the open TCP connections (HTTP or upgraded) so that stop() can drop them and tell when
-    # they are gone.
-
-    def __init__(self, site: Site) -> None:
-        super().__init__(site)
-        self._drained: list[Deferred[None]] = []
-
-    def unregisterProtocol(self, p: ProtocolWrapper) -> None:
-        super().unregisterProtocol(p)
-        if not self.protocols:
-            drained, self._drained = self._drained, []
-            for waiter in drained:
-                waiter.callback(None)
-
-    def abort_all(self) -> Deferred[None]:
-        drained: Deferred[None] = Deferred()
-        if not self.protocols:
-            drained.callback(None)
-            return drained
-        self._drained.append(drained)
-        for wrapper in list(self.protocols):
-            wrapper.transport.abortConnection()
-        return drained
-
-
 class _Root(Resource):
     # codex's one port: /readyz, /healthz, and the websocket at every other path.
     isLeaf = True
@@ -691,7 +665,7 @@ class FakeAppServer:
         self.port: IListeningPort | None = None
         self.factory = FakeAppServerFactory(self)
         self.site = Site(_Root(self))
-        self._tracker = _ConnectionTracker(self.site)
+        self._tracker = ConnectionTracker(self.site)
         self._next: list[Deferred[FakeAppServerConnection]] = []
         self._threads: dict[str, _Thread] = {}
         self._active_turns: dict[str, _Turn] = {}
@@ -743,7 +717,7 @@ class FakeAppServer:
                 # Connections linked in memory are not in the tracker.
                 for connection in self.connections:
                     connection.drop()
-                await self._tracker.abort_all()
+                await self._tracker.close_all(abort=True)
 
             self._stopping = Deferred.fromCoroutine(stopping())
         done: Deferred[None] = Deferred()

@@ -26,11 +26,12 @@ from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.interfaces import IListeningPort, IReactorCore
-from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
 from twisted.python.failure import Failure
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
 from zope.interface import Attribute, Interface, implementer
+
+from codexgw.testing.tracking import ConnectionTracker
 
 #: The path prefix the fake serves; the base URL codex is given ends with it.
 API_PREFIX = "/v1"
@@ -538,32 +539,6 @@ class ModelProviderResource(Resource):
         release.addBoth(end)
 
 
-class _ConnectionTracker(WrappingFactory):
-    # Keeps the open connections of a listener so that stopping it can close them and tell when
-    # they are gone (a hung stream or a keep-alive connection would otherwise outlive the port).
-
-    def __init__(self, site: Site) -> None:
-        super().__init__(site)
-        self._drained: list[Deferred[None]] = []
-
-    def unregisterProtocol(self, p: ProtocolWrapper) -> None:
-        super().unregisterProtocol(p)
-        if not self.protocols:
-            drained, self._drained = self._drained, []
-            for waiter in drained:
-                waiter.callback(None)
-
-    def close_all(self) -> Deferred[None]:
-        drained: Deferred[None] = Deferred()
-        if not self.protocols:
-            drained.callback(None)
-            return drained
-        self._drained.append(drained)
-        for protocol in list(self.protocols):
-            protocol.loseConnection()
-        return drained
-
-
 class ModelProviderListener:
     """
     A fake provider listening on a port.
@@ -573,7 +548,7 @@ class ModelProviderListener:
         C{http://127.0.0.1:PORT/v1}.
     """
 
-    def __init__(self, port: IListeningPort, tracker: _ConnectionTracker) -> None:
+    def __init__(self, port: IListeningPort, tracker: ConnectionTracker) -> None:
         """
         @param port: the listening port.
         @param tracker: the factory the port serves, which knows the open connections.
@@ -627,7 +602,7 @@ def listen_model_provider(
     @return: fires with the listener, which knows its port and base URL; call its C{stop} when
         done.
     """
-    tracker = _ConnectionTracker(Site(ModelProviderResource(script)))
+    tracker = ConnectionTracker(Site(ModelProviderResource(script)))
     listening: Deferred[IListeningPort] = serverFromString(reactor, description).listen(tracker)
     return listening.addCallback(ModelProviderListener, tracker)
 
