@@ -46,7 +46,7 @@ from dataclasses import dataclass
 from typing import Any, Final, TypeVar, cast
 from urllib.parse import quote
 
-from autobahn.twisted.websocket import WebSocketClientFactory, WebSocketClientProtocol
+from autobahn.twisted.websocket import WebSocketClientProtocol
 from autobahn.util import encode_truncate
 from autobahn.websocket.protocol import WebSocketProtocol, parseHttpHeader
 from twisted.internet.defer import CancelledError, Deferred, fail, maybeDeferred, succeed
@@ -57,7 +57,6 @@ from twisted.python.failure import Failure
 from zope.interface import Interface, implementer
 
 from codexgw import relayframe
-from codexgw.autobahntimers import ReactorTimer
 from codexgw.envtools.interfaces import (
     DEFAULT_CALL_TIMEOUT,
     CallError,
@@ -68,6 +67,7 @@ from codexgw.envtools.interfaces import (
 )
 from codexgw.executor.connection import client_endpoint
 from codexgw.relayframe import Undecodable
+from codexgw.wsdial import DialFactory
 
 #: Connect plus websocket upgrade must finish within this many seconds (§4.1).
 DIAL_TIMEOUT: Final = 10.0
@@ -341,16 +341,13 @@ def _body_text(body: bytes) -> str:
     return body[:REFUSAL_BODY_BYTES].decode("utf-8", "replace").strip()
 
 
-class BridgeLinkFactory(WebSocketClientFactory):
+class BridgeLinkFactory(DialFactory[BridgeLink]):
     """
-    Builds the L{BridgeLink} of one dial, with every Autobahn option set explicitly.
-
-    @ivar opened: fires with the link once its handshake completed, or fails with L{DialError}.
-    @ivar link: the link built for the connection, once connected.
+    Builds the L{BridgeLink} of one dial, with every Autobahn option set explicitly; its
+    C{opened} fails with L{DialError}.
     """
 
     protocol = BridgeLink
-    noisy = False
 
     def __init__(self, url: str, token: str, user_agent: str, reactor: Any) -> None:
         """
@@ -366,10 +363,6 @@ class BridgeLinkFactory(WebSocketClientFactory):
             headers={"Authorization": f"Bearer {token}"},
             reactor=reactor,
         )
-        # Autobahn schedules its timers through txaio, which always uses the global reactor.
-        self._batched_timer = ReactorTimer(reactor)
-        self.opened: Deferred[BridgeLink] = Deferred()
-        self.link: BridgeLink | None = None
         self.setProtocolOptions(
             utf8validateIncoming=True,
             acceptMaskedServerFrames=False,
@@ -392,36 +385,6 @@ class BridgeLinkFactory(WebSocketClientFactory):
             autoPingSize=12,
             autoPingRestartOnAnyTraffic=True,
         )
-
-    def buildProtocol(self, addr: Any) -> BridgeLink:
-        """
-        Build the link, and keep it so that a dial that gives up can drop it.
-        """
-        link = super().buildProtocol(addr)
-        assert isinstance(link, BridgeLink)
-        self.link = link
-        return link
-
-    def link_opened(self, link: BridgeLink) -> None:
-        """
-        The handshake completed.
-        """
-        if not self.opened.called:
-            self.opened.callback(link)
-
-    def link_failed(self, error: DialError) -> None:
-        """
-        The connection ended before its handshake completed, or could not be made.
-        """
-        if not self.opened.called:
-            self.opened.errback(error)
-
-    def abort(self) -> None:
-        """
-        Drop the connection of a dial that was given up.
-        """
-        if self.link is not None and self.link.transport is not None:
-            self.link.transport.abortConnection()
 
 
 def connect_link(

@@ -31,7 +31,7 @@ from __future__ import annotations
 
 from typing import Any, Final
 
-from autobahn.twisted.websocket import WebSocketClientFactory, WebSocketClientProtocol
+from autobahn.twisted.websocket import WebSocketClientProtocol
 from autobahn.util import encode_truncate
 from autobahn.websocket.protocol import WebSocketProtocol
 from autobahn.websocket.util import parse_url
@@ -42,8 +42,8 @@ from twisted.internet.ssl import optionsForClientTLS
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from codexgw.autobahntimers import ReactorTimer
 from codexgw.executor.multiplexer import MAX_MESSAGE_BYTES, IRelayLink, IRelayLinkReceiver
+from codexgw.wsdial import DialFactory
 
 #: Seconds between the executor's own pings, and without traffic after one before giving up.
 PING_INTERVAL: Final = 30.0
@@ -187,16 +187,13 @@ class RelayLink(WebSocketClientProtocol):
         self.closed.callback((close_code, close_reason))
 
 
-class RelayLinkFactory(WebSocketClientFactory):
+class RelayLinkFactory(DialFactory[RelayLink]):
     """
-    Builds the L{RelayLink} of one dial, with every Autobahn option set explicitly.
-
-    @ivar opened: fires with the link once its handshake completed, or fails with L{DialFailed}.
+    Builds the L{RelayLink} of one dial, with every Autobahn option set explicitly; its C{opened}
+    fails with L{DialFailed}.
     """
 
     protocol = RelayLink
-    # One dial per connection: "Starting factory" lines would only repeat the connect log.
-    noisy = False
 
     def __init__(self, url: str, receiver: IRelayLinkReceiver, user_agent: str, reactor: Any) -> None:
         """
@@ -204,11 +201,7 @@ class RelayLinkFactory(WebSocketClientFactory):
         @param user_agent: the C{User-Agent} of the handshake.
         """
         super().__init__(url=url, useragent=user_agent, reactor=reactor)
-        # Autobahn schedules its timers through txaio, which always uses the global reactor.
-        self._batched_timer = ReactorTimer(reactor)
         self.receiver = receiver
-        self.opened: Deferred[RelayLink] = Deferred()
-        self.link: RelayLink | None = None
         self.setProtocolOptions(
             perMessageCompressionOffers=[],
             perMessageCompressionAccept=lambda response: None,
@@ -223,29 +216,6 @@ class RelayLinkFactory(WebSocketClientFactory):
             utf8validateIncoming=True,
             tcpNoDelay=True,
         )
-
-    def buildProtocol(self, addr: Any) -> RelayLink:
-        """
-        Build the link, and keep it so that a dial that gives up can drop it.
-        """
-        link = super().buildProtocol(addr)
-        assert isinstance(link, RelayLink)
-        self.link = link
-        return link
-
-    def link_opened(self, link: RelayLink) -> None:
-        """
-        The handshake of this dial completed.
-        """
-        if not self.opened.called:
-            self.opened.callback(link)
-
-    def link_failed(self, error: Exception) -> None:
-        """
-        The connection ended before its handshake completed.
-        """
-        if not self.opened.called:
-            self.opened.errback(error)
 
 
 def client_endpoint(reactor: Any, url: str, timeout: float = DIAL_TIMEOUT) -> IStreamClientEndpoint:
@@ -288,8 +258,7 @@ async def dial(
         raise
     except Exception as e:
         # Timed out or cancelled mid-handshake: do not leave the connection behind.
-        if factory.link is not None and factory.link.transport is not None:
-            factory.link.transport.abortConnection()
+        factory.abort()
         raise DialFailed(f"websocket handshake: {e}") from None
 
 
