@@ -69,6 +69,7 @@ from twisted.internet.task import deferLater, react
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from bench.bridge import percentile
 from codexgw import tokens
 from codexgw.appgw.codexhome import ConfigInput, ProviderSettings, render_config_toml
 from codexgw.codexbin import TOOLS_PREFIX, find_native_codex
@@ -513,14 +514,6 @@ def app_servers_of(root: Path) -> list[int]:
             if any(item.startswith(prefix) for item in (entry / "environ").read_bytes().split(b"\0")):
                 found.append(int(entry.name))
     return found
-
-
-def percentile(samples: list[float], q: float) -> float:
-    """
-    The C{q}-quantile of C{samples} (nearest rank).
-    """
-    ordered = sorted(samples)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
 def stats(prefix: str, samples: list[Sample]) -> dict[str, float]:
