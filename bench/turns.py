@@ -59,7 +59,8 @@ from twisted.python.failure import Failure
 from twisted.web.client import HTTPConnectionPool
 from twisted.web.http_headers import Headers
 
-from bench.spawn import REPO_ROOT, RESULTS, WAIT_SECONDS, Gateway, bounded, gateway_env, percentile
+from bench.bridge import percentile
+from bench.spawn import REPO_ROOT, RESULTS, WAIT_SECONDS, Gateway, bounded, gateway_env
 from codexgw.codexbin import TOOLS_PREFIX, find_native_codex
 from codexgw.testing.fakemodel import (
     ModelScript,
